@@ -1,0 +1,48 @@
+# mailwarden — the two commands a newcomer needs are `make run` and `make test`.
+# Both install whatever is missing first (Debian packages as root, then a
+# virtualenv in .venv with the package and its test tools).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := redis-server postfix clamav-daemon clamav clamav-testfiles \
+	libmilter-dev python3-dev python3-venv gcc swaks p7zip-full zip unzip
+PYTEST_ARGS ?=
+
+.PHONY: run test deps venv lint typecheck bench-policyd clean
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml | deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,fast]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run: venv
+	$(PY) -m mailwarden.sandbox
+
+lint: venv
+	$(VENV)/bin/ruff check mailwarden tests benchmarks
+	$(VENV)/bin/mypy
+
+bench-policyd: venv
+	$(PY) -m benchmarks.policyd_load --report benchmarks/policyd.md
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache run sandbox

@@ -1,0 +1,263 @@
+"""The `mailwarden` command: daemons, config checks and the operator's lock tools.
+
+Exit status: 0 success, 1 the operation failed (e.g. Redis unreachable),
+2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mailwarden import __version__
+from mailwarden.addresses import mailbox_key
+from mailwarden.config import DEFAULT_CONFIG_PATH, Config, ConfigError, describe, load_config
+from mailwarden.config import sample_config as _sample_config
+
+T = TypeVar("T")
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _config_path(arg: str | None) -> Path | None:
+    if arg:
+        return Path(arg)
+    env = os.environ.get("MAILWARDEN_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = _config_path(args.config)
+    if path is None:
+        print(f"mailwarden: {DEFAULT_CONFIG_PATH} not found; using built-in defaults",
+              file=sys.stderr)
+    return load_config(path)
+
+
+def _store(cfg: Config) -> Any:
+    from mailwarden.store.redis_store import RedisStore
+
+    return RedisStore(cfg["redis.url"], prefix=cfg["redis.key_prefix"],
+                      timeout_s=max(cfg["redis.timeout"], 2.0), sentinels=cfg["redis.sentinels"],
+                      sentinel_service=cfg["redis.sentinel_service"])
+
+
+def _with_store(cfg: Config, fn: Callable[[Any], Awaitable[T]]) -> T:
+    async def go() -> T:
+        store = _store(cfg)
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def _operator() -> str:
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def _account(cfg: Config, addr: str) -> str:
+    if "@" not in addr:
+        raise ConfigError(f"{addr!r}: give the full address, e.g. {addr}@{cfg.local_domains[0]}")
+    return mailbox_key(addr, cfg["domains.recipient_delimiter"])
+
+
+# -- commands ------------------------------------------------------------------
+def cmd_policyd(args: argparse.Namespace, cfg: Config) -> int:
+    from mailwarden.logs import setup_logging
+    from mailwarden.policyd import server
+
+    if args.daemon:
+        return _daemonize(args, cfg, "policyd", lambda: server.run(cfg))
+    setup_logging("policyd", cfg["logging.level"], cfg["logging.syslog"],
+                  cfg["logging.syslog_facility"], cfg["logging.syslog_socket"])
+    return server.run(cfg)
+
+
+def _daemonize(args: argparse.Namespace, cfg: Config, name: str, run: Callable[[], int]) -> int:
+    """Detach for hosts without systemd (pidfile, umask, cwd /, closed descriptors)."""
+    import daemon
+    import daemon.pidfile
+
+    from mailwarden.logs import setup_logging
+
+    pidfile = args.pidfile or f"/run/mailwarden/{name}.pid"
+    Path(pidfile).parent.mkdir(parents=True, exist_ok=True)
+    log_out = open(args.log_file, "a") if args.log_file else None  # noqa: SIM115
+    if log_out is None and not cfg["logging.syslog"]:
+        print("mailwarden: --daemon closes stderr: set logging.syslog = true or give "
+              "--log-file FILE", file=sys.stderr)
+        return EXIT_USAGE
+    ctx = daemon.DaemonContext(
+        working_directory="/", umask=0o027,
+        pidfile=daemon.pidfile.TimeoutPIDLockFile(pidfile, acquire_timeout=1),
+        stdout=log_out, stderr=log_out, signal_map={},  # asyncio installs its own handlers
+    )
+    with ctx:
+        setup_logging(name, cfg["logging.level"], cfg["logging.syslog"],
+                      cfg["logging.syslog_facility"], cfg["logging.syslog_socket"])
+        return run()
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "sample":
+        sys.stdout.write(_sample_config())
+        return EXIT_OK
+    cfg = _load(args)
+    sys.stdout.write(f"# {cfg.path}: OK\n")
+    sys.stdout.write(describe(cfg))
+    return EXIT_OK
+
+
+def cmd_locks(args: argparse.Namespace, cfg: Config) -> int:
+    locks = _with_store(cfg, lambda st: st.list_locks())
+    if args.json:
+        print(json.dumps([lk.__dict__ for lk in locks], indent=2))
+        return EXIT_OK
+    if not locks:
+        print("no locked accounts")
+        return EXIT_OK
+    rows = [("ACCOUNT", "KIND", "SINCE", "COUNT", "BY", "REASON")]
+    rows += [(lk.account, lk.kind, _when(lk.since), str(lk.count or "-"), lk.by or "-", lk.reason)
+             for lk in locks]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+    return EXIT_OK
+
+
+def cmd_lock(args: argparse.Namespace, cfg: Config) -> int:
+    account = _account(cfg, args.address)
+    new = _with_store(cfg, lambda st: st.lock(account, reason=args.reason, by=args.by,
+                                              now=time.time(), kind="manual"))
+    print(f"{account}: {'locked' if new else 'was already locked; reason updated'}")
+    return EXIT_OK
+
+
+def cmd_unlock(args: argparse.Namespace, cfg: Config) -> int:
+    account = _account(cfg, args.address)
+    lifted = _with_store(cfg, lambda st: st.unlock(account, reason=args.reason, by=args.by))
+    if not lifted:
+        print(f"{account}: was not locked (window counters cleared)")
+        return EXIT_FAIL
+    print(f"{account}: unlocked; policy daemons pick this up within "
+          f"{cfg['policyd.lock_refresh']:g}s")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    from mailwarden.policyd.service import rate_settings
+    from mailwarden.rules.ratelock import limit_for
+
+    account = _account(cfg, args.address)
+    s = rate_settings(cfg)
+    st = _with_store(cfg, lambda store: store.status(account, now=time.time(),
+                                                     window_s=s.window_s))
+    limit = "exempt" if account in s.exempt else str(limit_for(account, s))
+    out = {
+        "account": account, "window_s": s.window_s, "count": st.committed,
+        "reserved": st.pending, "limit": limit, "unit": s.count_unit,
+        "locked": st.lock is not None,
+    }
+    if st.lock:
+        out.update(lock_reason=st.lock.reason, lock_since=_when(st.lock.since),
+                   lock_kind=st.lock.kind, lock_by=st.lock.by)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"{k:12} {v}")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace, cfg: Config) -> int:
+    account = _account(cfg, args.account) if args.account else ""
+    events = _with_store(cfg, lambda st: st.audit(args.n, account))
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return EXIT_OK
+    for e in events:
+        when = _when(int(e["id"].split("-")[0]) / 1000)
+        extra = f" count={e['count']}" if e.get("count") else ""
+        print(f"{when}  {e.get('action', '?'):6}  {e.get('account', '?')}  by={e.get('by', '?')}"
+              f"  kind={e.get('kind', '-')}{extra}  reason={e.get('reason', '')!r}")
+    if not events:
+        print("no lock or unlock events")
+    return EXIT_OK
+
+
+# -- argument parsing ------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mailwarden", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"mailwarden {__version__}")
+    p.add_argument("--config", "-c", metavar="FILE",
+                   help=f"config file (default: $MAILWARDEN_CONFIG or {DEFAULT_CONFIG_PATH})")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("policyd", help="run the policy daemon in the foreground")
+    d.add_argument("--daemon", action="store_true", help="detach (hosts without systemd)")
+    d.add_argument("--pidfile", help="with --daemon (default /run/mailwarden/policyd.pid)")
+    d.add_argument("--log-file", help="with --daemon, when not logging to syslog")
+
+    c = sub.add_parser("config", help="check the config or print the annotated sample")
+    c.add_argument("action", choices=("check", "sample"))
+    c.add_argument("--config", "-c", dest="sub_config", metavar="FILE")
+
+    sub.add_parser("locks", help="list locked accounts").add_argument("--json", action="store_true")
+    for name, helptext in (("lock", "lock an account (Dieu 7.2)"),
+                           ("unlock", "lift a lock (Dieu 7.3)")):
+        q = sub.add_parser(name, help=helptext)
+        q.add_argument("address")
+        q.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+        q.add_argument("--by", default=_operator(), help="who (default: the login name)")
+    s = sub.add_parser("status", help="window count, limit and lock of an account")
+    s.add_argument("address")
+    s.add_argument("--json", action="store_true")
+    a = sub.add_parser("audit", help="lock/unlock history, newest first")
+    a.add_argument("--account")
+    a.add_argument("-n", type=int, default=50, help="how many events (default 50)")
+    a.add_argument("--json", action="store_true")
+    return p
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "policyd": cmd_policyd, "locks": cmd_locks, "lock": cmd_lock, "unlock": cmd_unlock,
+    "status": cmd_status, "audit": cmd_audit,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "sub_config", None):
+        args.config = args.sub_config
+    try:
+        if args.command == "config":
+            return cmd_config(args)
+        cfg = _load(args)
+        return COMMANDS[args.command](args, cfg)
+    except ConfigError as e:
+        print(f"mailwarden: configuration error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+    except Exception as e:
+        from redis.exceptions import RedisError
+
+        if isinstance(e, RedisError | OSError):
+            print(f"mailwarden: {type(e).__name__}: {e}", file=sys.stderr)
+            return EXIT_FAIL
+        raise

@@ -1,0 +1,380 @@
+"""Configuration: ONE schema table, checked at start, with the profile merged in.
+
+Every key of conf/mailwarden.toml is declared once in SCHEMA below (type,
+default, documentation, check). The annotated sample config and docs/config.md
+are generated from it (`mailwarden config sample`), and a test fails if the
+shipped files drift. Unknown keys and wrong types are fatal at start, reported
+with the file and the key. Keys whose default is None take their value from
+the regulation profile ("profile" origin).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailwarden.addresses import parse_listen
+from mailwarden.profiles import COUNT_UNITS, DEFAULT_PROFILE, Profile, ProfileError, load_profile
+from mailwarden.units import format_duration, parse_duration, parse_size
+
+DEFAULT_CONFIG_PATH = Path("/etc/mailwarden/mailwarden.toml")
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as `file: key: what is wrong`."""
+
+
+Check = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str  # "section.key"
+    kind: str  # str | int | bool | duration | size | list | table
+    default: Any
+    doc: str
+    check: Check | None = None
+    example: str = ""  # shown commented out in the sample when default is None/empty
+
+
+def _choices(*allowed: str) -> Check:
+    def check(v: Any) -> None:
+        if v not in allowed:
+            raise ValueError(f"must be one of {', '.join(repr(a) for a in allowed)}")
+
+    return check
+
+
+def _positive(v: Any) -> None:
+    if v <= 0:
+        raise ValueError("must be greater than 0")
+
+
+def _listen(v: Any) -> None:
+    parse_listen(v)
+
+
+def _networks(v: Any) -> None:
+    for item in v:
+        if not isinstance(item, str):
+            raise ValueError("must be a list of strings")
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError as e:
+            raise ValueError(f"{item!r} is not a network: {e}") from None
+
+
+def _strings(v: Any) -> None:
+    if not all(isinstance(x, str) and x for x in v):
+        raise ValueError("must be a list of non-empty strings")
+
+
+def _redis_url(v: Any) -> None:
+    if not (v.startswith(("redis://", "rediss://", "unix://"))):
+        raise ValueError("must be a redis://host:port/db, rediss://... or unix:///path URL")
+
+
+def _overrides(v: Any) -> None:
+    for account, entry in v.items():
+        if "@" not in account:
+            raise ValueError(f"{account!r}: keys are mail addresses (SASL logins)")
+        if not isinstance(entry, dict) or not entry:
+            raise ValueError(f"{account!r}: must be a table like {{ limit = 2000 }}")
+        for k, val in entry.items():
+            if k == "exempt" and isinstance(val, bool):
+                continue
+            if k == "limit" and isinstance(val, int) and not isinstance(val, bool) and val > 0:
+                continue
+            raise ValueError(f"{account!r}: {k} = {val!r} (allowed: limit = N > 0, exempt = true)")
+
+
+SCHEMA: tuple[Key, ...] = (
+    # -- profile ------------------------------------------------------------
+    Key("profile.name", "str", DEFAULT_PROFILE,
+        "Regulation profile: a file conf/profiles/NAME.toml with the numbers and articles."),
+    Key("profile.directory", "str", "",
+        "Where profiles live; empty = the shipped ones (/etc/mailwarden/profiles).",
+        example='"/etc/mailwarden/profiles"'),
+    # -- domains ------------------------------------------------------------
+    Key("domains.local", "list", None,
+        "The province's own domains (internal); empty = the profile's local_domains.",
+        _strings, example='["ninhbinh.gov.vn"]'),
+    Key("domains.include_subdomains", "bool", True,
+        "Count sub.ninhbinh.gov.vn as local too (agency subdomains)."),
+    Key("domains.recipient_delimiter", "str", "+",
+        "Postfix recipient_delimiter: user+tag@ is the same mailbox as user@; empty = off."),
+    # -- ratelimit ----------------------------------------------------------
+    Key("ratelimit.enabled", "bool", None, "Enforce the outbound external-recipient limit; "
+        "unset = the profile's choice."),
+    Key("ratelimit.mode", "str", "enforce",
+        "enforce = refuse and lock; monitor = log what would be refused, refuse nothing.",
+        _choices("enforce", "monitor")),
+    Key("ratelimit.limit", "int", None,
+        "External recipients (or messages) allowed per window; unset = the profile's.",
+        _positive, example="250"),
+    Key("ratelimit.window", "duration", None,
+        "Length of the sliding window; unset = the profile's.", _positive, example='"10m"'),
+    Key("ratelimit.count", "str", None,
+        "What the limit counts: recipients (as Microsoft 365 does) or messages.",
+        _choices(*COUNT_UNITS), example='"recipients"'),
+    Key("ratelimit.reservation_ttl", "duration", 1800.0,
+        "How long a recipient reserved at RCPT waits for END-OF-MESSAGE before it lapses "
+        "uncounted. Longer than the slowest upload Postfix allows.", _positive),
+    Key("ratelimit.overrides", "table", {},
+        'Per-account exceptions: "bulk@ninhbinh.gov.vn" = { limit = 2000 } or '
+        "{ exempt = true }.", _overrides),
+    # -- lock ---------------------------------------------------------------
+    Key("lock.expire_after", "duration", 0.0,
+        "Lift rate locks by themselves after this long; 0 = never (Dieu 7.3: an operator "
+        "unlocks)."),
+    Key("lock.contact", "str", "",
+        "Whom a locked user should contact, in the refusal text; empty = the profile's.",
+        example='"helpdesk@ninhbinh.gov.vn, 0229 3871 234"'),
+    # -- policyd ------------------------------------------------------------
+    Key("policyd.listen", "str", "inet:127.0.0.1:10031",
+        "Where the policy daemon listens, in Postfix notation: inet:HOST:PORT or unix:/PATH.",
+        _listen),
+    Key("policyd.socket_mode", "str", "0660", "File mode of a unix: listen socket."),
+    Key("policyd.trusted_networks", "list", ["127.0.0.0/8", "::1/128"],
+        "Clients whose envelope sender in a local domain counts as the sending account "
+        "when there is no SASL login (webmail, your mailbox servers).", _networks),
+    Key("policyd.on_redis_error", "str", "accept",
+        "Redis unreachable: accept (DUNNO, logged loudly; locks still enforced from the "
+        "local copy) or defer (451 4.7.1).", _choices("accept", "defer")),
+    Key("policyd.answer_timeout", "duration", 2.0,
+        "Answer within this long, whatever Redis does (Postfix waits 100s).", _positive),
+    Key("policyd.idle_timeout", "duration", 330.0,
+        "Close connections idle this long (Postfix's smtpd_policy_service_max_idle is 300s).",
+        _positive),
+    Key("policyd.max_connections", "int", 1000,
+        "Concurrent Postfix connections; more are closed at once and logged.", _positive),
+    Key("policyd.max_line_bytes", "int", 8192,
+        "Longest attribute line accepted; longer is a malformed request.", _positive),
+    Key("policyd.max_attributes", "int", 100,
+        "Most attributes in one request; more is a malformed request.", _positive),
+    Key("policyd.lock_snapshot", "str", "",
+        "File keeping a copy of the lock list, so locks hold even when the daemon restarts "
+        "while Redis is down; empty = memory only.", example='"/var/lib/mailwarden/locks.json"'),
+    Key("policyd.lock_refresh", "duration", 5.0,
+        "How often the in-process copy of the lock list is refreshed from Redis.", _positive),
+    Key("policyd.stats_interval", "duration", 600.0,
+        "Period of the statistics log line; 0 = never."),
+    Key("policyd.shutdown_grace", "duration", 10.0,
+        "On SIGTERM, how long requests in flight may take to finish.", _positive),
+    # -- redis --------------------------------------------------------------
+    Key("redis.url", "str", "redis://127.0.0.1:6379/0",
+        "Redis holding counters and locks: redis://, rediss:// or unix:///path?db=0.",
+        _redis_url),
+    Key("redis.sentinels", "list", [],
+        'Redis Sentinel addresses ["10.0.0.1:26379", ...]; when set, redis.url only gives '
+        "the db and password and redis.sentinel_service names the master.", _strings),
+    Key("redis.sentinel_service", "str", "mymaster", "Sentinel master name."),
+    Key("redis.timeout", "duration", 0.5,
+        "Socket timeout of one Redis call (connect and read).", _positive),
+    Key("redis.key_prefix", "str", "mw", "Prefix of every key mailwarden writes."),
+    # -- logging ------------------------------------------------------------
+    Key("logging.level", "str", "info", "debug, info, warning or error.",
+        _choices("debug", "info", "warning", "error")),
+    Key("logging.syslog", "bool", False,
+        "Log to syslog (facility below) instead of stderr/journald."),
+    Key("logging.syslog_facility", "str", "mail", "Syslog facility.",
+        _choices("mail", "daemon", "local0", "local1", "local2", "local3", "local4",
+                 "local5", "local6", "local7")),
+    Key("logging.syslog_socket", "str", "/dev/log", "Syslog socket path."),
+    Key("logging.log_accepts", "bool", False,
+        "Also log one line per accepted request/message at info (else debug)."),
+)
+
+SCHEMA_BY_NAME = {k.name: k for k in SCHEMA}
+
+
+def _coerce(key: Key, raw: Any) -> Any:
+    """Check the TOML value's type and turn units into numbers."""
+    kind = key.kind
+    if kind == "bool":
+        if not isinstance(raw, bool):
+            raise ValueError("must be true or false (a TOML boolean, not a string)")
+        return raw
+    if kind == "int":
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ValueError("must be an integer")
+        return raw
+    if kind == "str":
+        if not isinstance(raw, str):
+            raise ValueError("must be a string")
+        return raw
+    if kind == "duration":
+        if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+            raise ValueError('must be a duration like "10m" or "30s"')
+        return parse_duration(raw)
+    if kind == "size":
+        if not isinstance(raw, str | int) or isinstance(raw, bool):
+            raise ValueError('must be a size like "30MB"')
+        return parse_size(raw)
+    if kind == "list":
+        if not isinstance(raw, list):
+            raise ValueError("must be a list")
+        return list(raw)
+    if kind == "table":
+        if not isinstance(raw, dict):
+            raise ValueError("must be a table")
+        return dict(raw)
+    raise AssertionError(f"schema kind {kind}")  # pragma: no cover
+
+
+def _flatten(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    """TOML document -> {"section.key": value}; table-valued keys stay whole."""
+    flat: dict[str, Any] = {}
+    for section, body in doc.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: {section}: expected a [{section}] table")
+        for key, value in body.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+@dataclass(frozen=True)
+class Config:
+    values: dict[str, Any]
+    origins: dict[str, str]  # key -> "default" | "profile" | config file path
+    profile: Profile
+    path: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    @property
+    def local_domains(self) -> tuple[str, ...]:
+        return tuple(self.values["domains.local"])
+
+    def citation(self, article: str) -> str:
+        return self.profile.cite(article)
+
+
+def _profile_value(name: str, profile: Profile) -> Any:
+    return {
+        "domains.local": list(profile.local_domains),
+        "ratelimit.enabled": profile.ratelimit_enabled,
+        "ratelimit.limit": profile.ratelimit_limit,
+        "ratelimit.window": profile.ratelimit_window_s,
+        "ratelimit.count": profile.ratelimit_count,
+        "lock.contact": profile.unlock_contact,
+    }.get(name)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, check and merge: schema defaults < profile < file < `overrides`."""
+    where = str(path) if path else "<defaults>"
+    doc: dict[str, Any] = {}
+    if path is not None:
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: no such file") from None
+        except PermissionError:
+            raise ConfigError(f"{where}: permission denied") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{where}: not valid TOML: {e}") from None
+    given = _flatten(doc, where)
+    if overrides:
+        given.update(overrides)
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name, raw in given.items():
+        key = SCHEMA_BY_NAME.get(name)
+        if key is None:
+            section = name.split(".")[0]
+            known = sorted(k.name for k in SCHEMA if k.name.startswith(section + "."))
+            hint = f" (known in [{section}]: {', '.join(known)})" if known else ""
+            raise ConfigError(f"{where}: {name}: unknown key{hint}")
+        try:
+            value = _coerce(key, raw)
+            if key.check is not None:
+                key.check(value)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {name}: {e}") from None
+        values[name] = value
+        origins[name] = where if overrides is None or name not in overrides else "override"
+
+    profile_dir = values.get("profile.directory") or None
+    try:
+        profile = load_profile(values.get("profile.name", DEFAULT_PROFILE),
+                               Path(profile_dir) if profile_dir else None)
+    except ProfileError as e:
+        raise ConfigError(f"{where}: profile.name: {e}") from None
+
+    for key in SCHEMA:
+        if key.name in values:
+            continue
+        from_profile = _profile_value(key.name, profile)
+        if key.default is None or (key.name == "lock.contact" and from_profile):
+            values[key.name] = from_profile
+            origins[key.name] = f"profile {profile.name}"
+        else:
+            values[key.name] = key.default
+            origins[key.name] = "default"
+    if not values["domains.local"]:
+        values["domains.local"] = list(profile.local_domains)
+        origins["domains.local"] = f"profile {profile.name}"
+    values["domains.local"] = [d.lower().rstrip(".") for d in values["domains.local"]]
+    return Config(values, origins, profile, where)
+
+
+def render_value(key: Key, value: Any) -> str:
+    """A value in TOML syntax, units kept readable."""
+    if key.kind == "duration":
+        return f'"{format_duration(float(value))}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(render_value(Key("", "str", "", ""), v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f'"{k}" = {{ ' + ", ".join(
+            f"{kk} = {render_value(Key('', 'str', '', ''), vv)}" for kk, vv in v.items()) + " }"
+            for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    return str(value)
+
+
+def sample_config() -> str:
+    """The annotated conf/mailwarden.toml, generated from SCHEMA."""
+    out = [
+        "# mailwarden configuration. Generated from the schema in mailwarden/config.py",
+        "# (`mailwarden config sample`); every key is shown with its default.",
+        "# Commented-out keys take their value from the regulation profile.",
+        "# Check a changed file with: mailwarden config check --config FILE",
+    ]
+    section = ""
+    for key in SCHEMA:
+        sec, name = key.name.split(".", 1)
+        if sec != section:
+            out += ["", f"[{sec}]"]
+            section = sec
+        out.append(f"# {key.doc}")
+        if key.default is None or (key.default in ("", {}, []) and key.example):
+            out.append(f"#{name} = {key.example}" if key.example else f"#{name} =")
+        elif key.kind == "table":
+            out.append(f"{name} = {render_value(key, key.default)}")
+            if key.name == "ratelimit.overrides":
+                out.append('#overrides = { "bulk@ninhbinh.gov.vn" = { limit = 2000 }, '
+                           '"noreply@ninhbinh.gov.vn" = { exempt = true } }')
+        else:
+            out.append(f"{name} = {render_value(key, key.default)}")
+    return "\n".join(out) + "\n"
+
+
+def describe(cfg: Config) -> str:
+    """Effective settings with where each came from (`mailwarden config check`)."""
+    lines = [f"# profile: {cfg.profile.name} ({cfg.profile.decision}, {cfg.profile.province})"]
+    for key in SCHEMA:
+        lines.append(f"{key.name} = {render_value(key, cfg.values[key.name])}"
+                     f"    # {cfg.origins[key.name]}")
+    return "\n".join(lines) + "\n"

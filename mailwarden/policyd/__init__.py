@@ -1,0 +1,1 @@
+"""Postfix policy delegation daemon (SMTPD_POLICY_README)."""

@@ -1,0 +1,210 @@
+"""From one policy request to one action: rules + store + failure policy + log line.
+
+The socket side lives in server.py; the decisions in rules/ratelock.py; the
+counting in Redis (store/). This module ties them together and owns what
+happens when Redis does not answer in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+
+from mailwarden import logs
+from mailwarden.clock import Clock
+from mailwarden.config import Config
+from mailwarden.policyd.lockcache import LockCache
+from mailwarden.rules import ratelock
+from mailwarden.rules.ratelock import Classified, LockInfo, RateSettings, Scope
+from mailwarden.store.redis_store import RedisStore
+from mailwarden.units import format_duration
+from mailwarden.verdict import Action, Verdict, defer
+
+log = logging.getLogger("mailwarden.policyd")
+
+DUNNO = "DUNNO"
+
+
+def rate_settings(cfg: Config) -> RateSettings:
+    overrides = cfg["ratelimit.overrides"]
+    p = cfg.profile
+    return RateSettings(
+        enabled=cfg["ratelimit.enabled"],
+        enforce=cfg["ratelimit.mode"] == "enforce",
+        limit=cfg["ratelimit.limit"],
+        window_s=cfg["ratelimit.window"],
+        count_unit=cfg["ratelimit.count"],
+        local_domains=cfg.local_domains,
+        include_subdomains=cfg["domains.include_subdomains"],
+        recipient_delimiter=cfg["domains.recipient_delimiter"],
+        trusted_networks=tuple(ipaddress.ip_network(n, strict=False)
+                               for n in cfg["policyd.trusted_networks"]),
+        limit_overrides={a.lower(): o["limit"] for a, o in overrides.items() if "limit" in o},
+        exempt=frozenset(a.lower() for a, o in overrides.items() if o.get("exempt")),
+        rate_citation=p.cite(p.ratelimit_article),
+        lock_citation=p.cite(p.lock_article),
+        manual_lock_citation=p.cite(p.manual_lock_article),
+        contact=cfg["lock.contact"],
+    )
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    reject: int = 0
+    defer: int = 0
+    locks: int = 0
+    redis_errors: int = 0
+    malformed: int = 0
+    max_window: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def line(self, since_s: float) -> str:
+        return (f"statistics: requests={self.requests} reject={self.reject} defer={self.defer} "
+                f"locks={self.locks} redis_errors={self.redis_errors} "
+                f"malformed={self.malformed} max_window={self.max_window} "
+                f"since {since_s:.0f}s")
+
+
+class PolicyService:
+    def __init__(self, cfg: Config, store: RedisStore, clock: Clock,
+                 locks: LockCache | None = None) -> None:
+        self.cfg = cfg
+        self.s = rate_settings(cfg)
+        self.store = store
+        self.clock = clock
+        self.on_error_defer = cfg["policyd.on_redis_error"] == "defer"
+        self.reserve_ttl = cfg["ratelimit.reservation_ttl"]
+        self.lock_expire = cfg["lock.expire_after"]
+        self.log_accepts = cfg["logging.log_accepts"]
+        self.locks = locks or LockCache(rate_lock_expire_s=self.lock_expire)
+        self.stats = Stats()
+        self.lock_reason = (f"over {{count}} external {self.s.count_unit} in "
+                            f"{format_duration(self.s.window_s)}")
+
+    # -- entry point ---------------------------------------------------------
+    async def handle(self, attrs: Mapping[str, str]) -> str:
+        """The action string for one request (DUNNO, or a reply like '550 5.7.1 ...')."""
+        self.stats.requests += 1
+        state = attrs.get("protocol_state", "").upper()
+        try:
+            if state == "RCPT":
+                return await self._rcpt(attrs)
+            if state == "END-OF-MESSAGE":
+                return await self._end_of_message(attrs)
+        except (RedisError, OSError, TimeoutError) as e:
+            return self._backend_failure(attrs, state, e)
+        return DUNNO
+
+    # -- RCPT ----------------------------------------------------------------
+    async def _rcpt(self, attrs: Mapping[str, str]) -> str:
+        c = ratelock.classify(attrs, self.s)
+        if c.scope is Scope.INBOUND:
+            return DUNNO
+        now = self.clock.now()
+        known = self.locks.get(c.account, now)
+        if known is not None:
+            return self._refuse(attrs, "RCPT", ratelock.locked(known, self.s))
+        if c.scope is not Scope.EXTERNAL:
+            return DUNNO
+        return await self._reserve(attrs, c, now)
+
+    async def _reserve(self, attrs: Mapping[str, str], c: Classified, now: float) -> str:
+        limit = ratelock.limit_for(c.account, self.s)
+        r = await self.store.reserve(
+            c.account, attrs.get("instance", ""), c.member, now=now, window_s=self.s.window_s,
+            limit=limit, reserve_ttl_s=self.reserve_ttl, enforce=self.s.enforce,
+            lock_expire_s=self.lock_expire,
+            lock_reason=self.lock_reason.format(count=limit))
+        self.stats.max_window = max(self.stats.max_window, r.count)
+        if r.status == "locked" and r.lock is not None:
+            self.locks.add(r.lock)
+            return self._refuse(attrs, "RCPT", ratelock.locked(r.lock, self.s))
+        if r.status == "over":
+            verdict = ratelock.over_limit(c.account, r.count, self.s)
+            if r.lock is not None:
+                self.locks.add(r.lock)
+                self.locks.save()
+                self.stats.locks += 1
+                log.warning("%s", logs.decision_line(
+                    queue_id=attrs.get("queue_id", ""), action="lock", stage="RCPT",
+                    client_name=attrs.get("client_name", ""),
+                    client_addr=attrs.get("client_address", ""), rule=verdict.rule,
+                    detail={"account": c.account, "count": str(r.count), "limit": str(limit)},
+                    article=verdict.article))
+            return self._refuse(attrs, "RCPT", verdict)
+        if self.log_accepts:
+            log.info("%s", self._line(attrs, "RCPT", ratelock.accepted(count=str(r.count))))
+        return DUNNO
+
+    # -- END-OF-MESSAGE ------------------------------------------------------
+    async def _end_of_message(self, attrs: Mapping[str, str]) -> str:
+        account = ratelock.sending_account(attrs, self.s)
+        if not account or account in self.s.exempt or not self.s.enabled:
+            return DUNNO
+        committed, count = await self.store.commit(
+            account, attrs.get("instance", ""), now=self.clock.now(), window_s=self.s.window_s,
+            keep_s=self.reserve_ttl)
+        if committed and self.log_accepts:
+            log.info("%s", self._line(attrs, "END-OF-MESSAGE", ratelock.accepted(
+                committed=str(committed), count=str(count))))
+        return DUNNO
+
+    # -- replies and failures -----------------------------------------------
+    def _line(self, attrs: Mapping[str, str], stage: str, v: Verdict, action: str = "") -> str:
+        action = action or (v.action.value if not v.monitor else "monitor")
+        return logs.decision_line(
+            queue_id=attrs.get("queue_id", ""), action=action, stage=stage,
+            client_name=attrs.get("client_name", ""), client_addr=attrs.get("client_address", ""),
+            rule=v.rule, detail=v.detail, sender=attrs.get("sender", ""),
+            recipients=[attrs["recipient"]] if attrs.get("recipient") else [],
+            extra={"sasl_username": attrs["sasl_username"]} if attrs.get("sasl_username") else None,
+            article=v.article, reply=v.reply if v.action is not Action.ACCEPT else "")
+
+    def _refuse(self, attrs: Mapping[str, str], stage: str, v: Verdict) -> str:
+        if v.monitor:
+            log.warning("%s", self._line(attrs, stage, v))
+            return DUNNO
+        if v.action is Action.DEFER:
+            self.stats.defer += 1
+        else:
+            self.stats.reject += 1
+        log.warning("%s", self._line(attrs, stage, v))
+        return v.reply
+
+    def _backend_failure(self, attrs: Mapping[str, str], stage: str, e: BaseException) -> str:
+        self.stats.redis_errors += 1
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if self.on_error_defer and stage == "RCPT":
+            v = defer(ratelock.BACKEND_ERROR,
+                      "Tam thoi khong kiem tra duoc gioi han gui thu, vui long thu lai sau. "
+                      "Sending limit check temporarily unavailable, try again later",
+                      error=why)
+            return self._refuse(attrs, stage, v)
+        v = ratelock.accepted(ratelock.BACKEND_ERROR, error=why, policy="accept")
+        log.error("%s", self._line(attrs, stage, v, action="accept-unchecked"))
+        return DUNNO
+
+    # -- background ------------------------------------------------------------
+    async def refresh_locks(self) -> None:
+        try:
+            self.locks.replace_all(await self.store.list_locks())
+        except (RedisError, OSError, TimeoutError) as e:
+            log.warning("lock list refresh failed, keeping %d known locks: %s",
+                        len(self.locks.locks), e)
+
+    async def lock_refresher(self, interval_s: float) -> None:
+        while True:
+            await self.refresh_locks()
+            await asyncio.sleep(interval_s)
+
+    def note_unlock(self, account: str) -> None:
+        self.locks.remove(account)
+
+
+__all__ = ["DUNNO", "LockInfo", "PolicyService", "Stats", "rate_settings"]

@@ -1,0 +1,1 @@
+"""The only owner of Redis: key names (keys.py), scripts (scripts/*.lua), calls (redis_store.py)."""

@@ -1,0 +1,251 @@
+"""Async façade over Redis: the scripts in scripts/*.lua and a few reads.
+
+Calls from many concurrent policy connections are coalesced: while one
+pipeline is on the wire, new calls queue up and go out together in the next
+one (`_Batcher`). Under load this turns N round trips and N client-side
+command encodings into one, which is where redis-py spends its time
+(benchmarks/policyd.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from mailwarden.rules.ratelock import LockInfo
+from mailwarden.store.keys import Keyspace
+
+AUDIT_MAXLEN = 100_000  # lock/unlock events kept (approximate, MAXLEN ~)
+SCRIPT_NAMES = ("reserve", "commit", "release", "lock", "unlock")
+_MAX_BATCH = 256
+
+
+def _load_scripts() -> dict[str, tuple[str, str]]:
+    out = {}
+    for name in SCRIPT_NAMES:
+        text = resources.files("mailwarden.store").joinpath(f"scripts/{name}.lua").read_text()
+        out[name] = (text, hashlib.sha1(text.encode()).hexdigest())  # noqa: S324 - Redis's id
+    return out
+
+
+@dataclass(frozen=True)
+class ReserveResult:
+    status: str  # ok | dup | over | locked
+    count: int
+    lock: LockInfo | None = None
+
+
+@dataclass(frozen=True)
+class AccountStatus:
+    account: str
+    committed: int
+    pending: int
+    lock: LockInfo | None
+
+
+def _s(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _lock_from_hash(account: str, h: dict[Any, Any]) -> LockInfo | None:
+    d = {_s(k): _s(v) for k, v in h.items()}
+    if "reason" not in d:
+        return None
+    try:
+        since = int(d.get("since_ms", "0")) / 1000.0
+        count = int(d.get("count", "0") or 0)
+    except ValueError:
+        since, count = 0.0, 0
+    return LockInfo(account, d["reason"], since, d.get("kind", "manual"), d.get("by", ""), count)
+
+
+class _Batcher:
+    """Send queued EVALSHA calls in one pipeline; one pipeline in flight at a time."""
+
+    def __init__(self, client: aioredis.Redis, scripts: dict[str, tuple[str, str]]) -> None:
+        self.client = client
+        self.scripts = scripts
+        self.queue: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self.running = False
+
+    def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queue.append((name, keys, args, fut))
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return fut
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                batch, self.queue = self.queue[:_MAX_BATCH], self.queue[_MAX_BATCH:]
+                batch = [b for b in batch if not b[3].done()]  # caller gave up
+                if batch:
+                    await self._send(batch)
+        finally:
+            self.running = False
+
+    async def _send(self, batch: list[tuple[str, Sequence[str], Sequence[Any],
+                                            asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._pipeline(batch)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:  # SCRIPT FLUSH or a fresh/failed-over server: load, retry those
+                for name in {batch[i][0] for i in missing}:
+                    await self.client.script_load(self.scripts[name][0])
+                retried = await self._pipeline([batch[i] for i in missing])
+                for i, r in zip(missing, retried, strict=True):
+                    results[i] = r
+        except (RedisError, OSError) as e:
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        for (*_, fut), r in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(r, Exception):
+                fut.set_exception(r)
+            else:
+                fut.set_result(r)
+
+    async def _pipeline(self, batch: Sequence[tuple[str, Sequence[str], Sequence[Any],
+                                                     asyncio.Future[Any]]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for name, keys, args, _ in batch:
+            pipe.evalsha(self.scripts[name][1], len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+class RedisStore:
+    def __init__(self, url: str, *, prefix: str = "mw", timeout_s: float = 0.5,
+                 sentinels: Sequence[str] = (), sentinel_service: str = "mymaster") -> None:
+        self.keys = Keyspace(prefix)
+        self.scripts = _load_scripts()
+        opts: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "retry_on_timeout": False,
+            "max_connections": 64,
+        }
+        if sentinels:
+            base = aioredis.Redis.from_url(url)  # only for db/password
+            kw = base.connection_pool.connection_kwargs
+            hosts = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in sentinels]
+            self.client: aioredis.Redis = Sentinel(
+                hosts, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            ).master_for(sentinel_service, db=kw.get("db", 0), password=kw.get("password"),
+                         socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        else:
+            self.client = aioredis.Redis.from_url(url, **opts)
+        self._batch = _Batcher(self.client, self.scripts)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    def _ms(self, seconds: float) -> int:
+        return int(seconds * 1000)
+
+    async def reserve(self, account: str, instance: str, member: str, *, now: float,
+                      window_s: float, limit: int, reserve_ttl_s: float, enforce: bool,
+                      lock_expire_s: float, lock_reason: str) -> ReserveResult:
+        k = self.keys.account(account, instance)
+        raw = await self._batch.call("reserve", (
+            k.lock, k.window, k.pending, k.message, self.keys.lock_index, self.keys.audit,
+        ), (
+            self._ms(now), self._ms(window_s), limit, member, self._ms(reserve_ttl_s),
+            1 if enforce else 0, self._ms(lock_expire_s), account, lock_reason, AUDIT_MAXLEN,
+        ))
+        status, count = _s(raw[0]), int(raw[1])
+        lock = None
+        if status == "locked" or (status == "over" and enforce):
+            lock = LockInfo(account, _s(raw[2]), int(_s(raw[3]) or 0) / 1000.0,
+                            _s(raw[4]) or "manual", count=count)
+        return ReserveResult(status, count, lock)
+
+    async def commit(self, account: str, instance: str, *, now: float, window_s: float,
+                     keep_s: float) -> tuple[int, int]:
+        k = self.keys.account(account, instance)
+        raw = await self._batch.call("commit", (k.window, k.pending, k.message),
+                                     (self._ms(now), self._ms(window_s), self._ms(keep_s)))
+        return int(raw[0]), int(raw[1])
+
+    async def release(self, account: str, instance: str) -> int:
+        k = self.keys.account(account, instance)
+        return int(await self._batch.call("release", (k.window, k.pending, k.message), ()))
+
+    async def lock(self, account: str, *, reason: str, by: str, now: float,
+                   kind: str = "manual") -> bool:
+        k = self.keys.account(account)
+        raw = await self._batch.call("lock", (k.lock, self.keys.lock_index, self.keys.audit),
+                                     (self._ms(now), account, reason, by, kind, AUDIT_MAXLEN))
+        return int(raw) == 1
+
+    async def unlock(self, account: str, *, reason: str, by: str) -> bool:
+        k = self.keys.account(account)
+        raw = await self._batch.call("unlock", (
+            k.lock, self.keys.lock_index, self.keys.audit, k.window, k.pending,
+        ), (account, reason, by, AUDIT_MAXLEN))
+        return int(raw) == 1
+
+    async def get_lock(self, account: str) -> LockInfo | None:
+        return _lock_from_hash(account, await self.client.hgetall(self.keys.account(account).lock))
+
+    async def list_locks(self) -> list[LockInfo]:
+        """All current locks. Index entries whose lock expired are dropped."""
+        accounts = sorted(_s(a) for a in await self.client.smembers(self.keys.lock_index))
+        if not accounts:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for a in accounts:
+            pipe.hgetall(self.keys.account(a).lock)
+        hashes = await pipe.execute()
+        locks, stale = [], []
+        for a, h in zip(accounts, hashes, strict=True):
+            info = _lock_from_hash(a, h)
+            (locks if info else stale).append(info or a)
+        if stale:
+            await self.client.srem(self.keys.lock_index, *stale)
+        return [x for x in locks if isinstance(x, LockInfo)]
+
+    async def status(self, account: str, *, now: float, window_s: float) -> AccountStatus:
+        k = self.keys.account(account)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcount(k.window, self._ms(now - window_s) + 1, "+inf")
+        pipe.zcount(k.pending, self._ms(now) + 1, "+inf")
+        pipe.hgetall(k.lock)
+        committed, pending, h = await pipe.execute()
+        return AccountStatus(account, int(committed), int(pending), _lock_from_hash(account, h))
+
+    async def audit(self, count: int = 50, account: str = "") -> list[dict[str, str]]:
+        """Newest first: lock/unlock events with time (ms id), who and why."""
+        out = []
+        last = "+"
+        while len(out) < count:
+            entries = await self.client.xrevrange(self.keys.audit, last, "-", count=500)
+            if not entries:
+                break
+            for eid, fields in entries:
+                d = {_s(k): _s(v) for k, v in fields.items()}
+                d["id"] = _s(eid)
+                if not account or d.get("account") == account:
+                    out.append(d)
+                    if len(out) >= count:
+                        break
+            last = "(" + _s(entries[-1][0])
+        return out
+
+
+__all__ = ["AccountStatus", "RedisStore", "ReserveResult", "ResponseError"]
