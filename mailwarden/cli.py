@@ -97,7 +97,7 @@ def _daemonize(args: argparse.Namespace, cfg: Config, name: str, run: Callable[[
 
     pidfile = args.pidfile or f"/run/mailwarden/{name}.pid"
     Path(pidfile).parent.mkdir(parents=True, exist_ok=True)
-    log_out = open(args.log_file, "a") if args.log_file else None  # noqa: SIM115
+    log_out = open(args.log_file, "a") if args.log_file else None
     if log_out is None and not cfg["logging.syslog"]:
         print("mailwarden: --daemon closes stderr: set logging.syslog = true or give "
               "--log-file FILE", file=sys.stderr)

@@ -104,7 +104,7 @@ def setup_logging(daemon: str, level: str = "info", use_syslog: bool = False,
         handler = logging.handlers.SysLogHandler(
             address=syslog_socket,
             facility=logging.handlers.SysLogHandler.facility_names[facility])
-        handler.ident = f"mailwarden/{daemon}"  # type: ignore[attr-defined]
+        handler.ident = f"mailwarden/{daemon}"
         handler.setFormatter(logging.Formatter("[%(process)d]: %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)

@@ -60,7 +60,7 @@ def _get(doc: dict[str, Any], path: str, kind: type, where: str) -> Any:
         value = doc[section][key]
     except (KeyError, TypeError):
         raise ProfileError(f"{where}: missing [{section}] {key}") from None
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
         raise ProfileError(f"{where}: [{section}] {key} must be {kind.__name__}")
     return value
 

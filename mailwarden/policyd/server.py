@@ -60,7 +60,7 @@ class PolicyConnection(asyncio.Protocol):
         if len(self.server.connections) >= self.server.max_connections:
             log.warning("too many connections (%d), closing one from %s",
                         len(self.server.connections), self.peer)
-            transport.abort()
+            self.transport.abort()
             return
         self.server.connections.add(self)
         self._touch()

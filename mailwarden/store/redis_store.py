@@ -70,7 +70,7 @@ def _lock_from_hash(account: str, h: dict[Any, Any]) -> LockInfo | None:
 class _Batcher:
     """Send queued EVALSHA calls in one pipeline; one pipeline in flight at a time."""
 
-    def __init__(self, client: aioredis.Redis, scripts: dict[str, tuple[str, str]]) -> None:
+    def __init__(self, client: Any, scripts: dict[str, tuple[str, str]]) -> None:
         self.client = client
         self.scripts = scripts
         self.queue: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
@@ -141,7 +141,7 @@ class RedisStore:
             base = aioredis.Redis.from_url(url)  # only for db/password
             kw = base.connection_pool.connection_kwargs
             hosts = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in sentinels]
-            self.client: aioredis.Redis = Sentinel(
+            self.client: Any = Sentinel(  # type: ignore[no-untyped-call]
                 hosts, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
             ).master_for(sentinel_service, db=kw.get("db", 0), password=kw.get("password"),
                          socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
@@ -212,10 +212,14 @@ class RedisStore:
         for a in accounts:
             pipe.hgetall(self.keys.account(a).lock)
         hashes = await pipe.execute()
-        locks, stale = [], []
+        locks: list[LockInfo | str] = []
+        stale: list[str] = []
         for a, h in zip(accounts, hashes, strict=True):
             info = _lock_from_hash(a, h)
-            (locks if info else stale).append(info or a)
+            if info:
+                locks.append(info)
+            else:
+                stale.append(a)
         if stale:
             await self.client.srem(self.keys.lock_index, *stale)
         return [x for x in locks if isinstance(x, LockInfo)]
@@ -231,7 +235,7 @@ class RedisStore:
 
     async def audit(self, count: int = 50, account: str = "") -> list[dict[str, str]]:
         """Newest first: lock/unlock events with time (ms id), who and why."""
-        out = []
+        out: list[dict[str, str]] = []
         last = "+"
         while len(out) < count:
             entries = await self.client.xrevrange(self.keys.audit, last, "-", count=500)

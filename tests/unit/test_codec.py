@@ -48,7 +48,8 @@ def test_value_may_contain_equals_and_utf8() -> None:
 
 
 @pytest.mark.parametrize("data,why", [
-    pytest.param(b"request=smtpd_access_policy\nnoequals\n\n", "without name=value", id="no-equals"),
+    pytest.param(b"request=smtpd_access_policy\nnoequals\n\n", "without name=value",
+                 id="no-equals"),
     pytest.param(b"=value\n\n", "without name=value", id="empty-name"),
     pytest.param(b"\n", "empty request", id="empty-request"),
     pytest.param(b"protocol_state=RCPT\n\n", "request=", id="no-request-attr"),
