@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 
 from mailwarden import __version__
 from mailwarden.addresses import mailbox_key
-from mailwarden.config import DEFAULT_CONFIG_PATH, Config, ConfigError, describe, load_config
+from mailwarden.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    describe,
+    load_config,
+    reference_markdown,
+)
 from mailwarden.config import sample_config as _sample_config
 
 T = TypeVar("T")
@@ -116,6 +123,9 @@ def _daemonize(args: argparse.Namespace, cfg: Config, name: str, run: Callable[[
 def cmd_config(args: argparse.Namespace) -> int:
     if args.action == "sample":
         sys.stdout.write(_sample_config())
+        return EXIT_OK
+    if args.action == "reference":
+        sys.stdout.write(reference_markdown())
         return EXIT_OK
     cfg = _load(args)
     sys.stdout.write(f"# {cfg.path}: OK\n")
@@ -214,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--log-file", help="with --daemon, when not logging to syslog")
 
     c = sub.add_parser("config", help="check the config or print the annotated sample")
-    c.add_argument("action", choices=("check", "sample"))
+    c.add_argument("action", choices=("check", "sample", "reference"))
     c.add_argument("--config", "-c", dest="sub_config", metavar="FILE")
 
     sub.add_parser("locks", help="list locked accounts").add_argument("--json", action="store_true")

@@ -371,6 +371,31 @@ def sample_config() -> str:
     return "\n".join(out) + "\n"
 
 
+def reference_markdown() -> str:
+    """docs/config.md, generated from SCHEMA (`mailwarden config reference`)."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the schema in `mailwarden/config.py` by "
+        "`mailwarden config reference`; a test fails if this file drifts.",
+        "The file is TOML (`/etc/mailwarden/mailwarden.toml`, or `--config FILE`, or "
+        "`$MAILWARDEN_CONFIG`). Unknown keys and wrong types stop the daemons at start "
+        "with the file and the key. Durations: `\"10m\"`, `\"30s\"`, `\"250ms\"`; "
+        "sizes: `\"30MB\"` (MB = 1024*1024). *profile* means the value comes from the "
+        "regulation profile unless set here.",
+    ]
+    section = ""
+    for key in SCHEMA:
+        sec = key.name.split(".")[0]
+        if sec != section:
+            out += ["", f"## [{sec}]", "", "| key | type | default | meaning |",
+                    "|---|---|---|---|"]
+            section = sec
+        default = "*profile*" if key.default is None else f"`{render_value(key, key.default)}`"
+        out.append(f"| `{key.name}` | {key.kind} | {default} | {key.doc.replace('|', '/')} |")
+    return "\n".join(out) + "\n"
+
+
 def describe(cfg: Config) -> str:
     """Effective settings with where each came from (`mailwarden config check`)."""
     lines = [f"# profile: {cfg.profile.name} ({cfg.profile.decision}, {cfg.profile.province})"]

@@ -149,7 +149,7 @@ class PolicyService:
             return DUNNO
         committed, count = await self.store.commit(
             account, attrs.get("instance", ""), now=self.clock.now(), window_s=self.s.window_s,
-            keep_s=self.reserve_ttl)
+            keep_s=self.reserve_ttl, queue_id=attrs.get("queue_id", ""))
         if committed and self.log_accepts:
             log.info("%s", self._line(attrs, "END-OF-MESSAGE", ratelock.accepted(
                 committed=str(committed), count=str(count))))

@@ -35,6 +35,10 @@ class Keyspace:
             message=f"{base}:msg:{instance}",
         )
 
+    def queue(self, queue_id: str) -> str:
+        """STRING: Postfix queue id -> "account\ninstance" of a committed send."""
+        return f"{self.prefix}:queue:{queue_id}"
+
     def account_pattern(self) -> str:
         """SCAN pattern over every account's lock hash (reconciling the index)."""
         return f"{self.prefix}:{{*}}:lock"

@@ -176,11 +176,22 @@ class RedisStore:
         return ReserveResult(status, count, lock)
 
     async def commit(self, account: str, instance: str, *, now: float, window_s: float,
-                     keep_s: float) -> tuple[int, int]:
+                     keep_s: float, queue_id: str = "") -> tuple[int, int]:
         k = self.keys.account(account, instance)
-        raw = await self._batch.call("commit", (k.window, k.pending, k.message),
-                                     (self._ms(now), self._ms(window_s), self._ms(keep_s)))
+        raw = await self._batch.call(
+            "commit", (k.window, k.pending, k.message, self.keys.queue(queue_id or instance)),
+            (self._ms(now), self._ms(window_s), self._ms(keep_s), account, instance))
         return int(raw[0]), int(raw[1])
+
+    async def release_queue_id(self, queue_id: str) -> int:
+        """Uncount a message refused after END-OF-MESSAGE (by the milter), by queue id."""
+        raw = await self.client.get(self.keys.queue(queue_id))
+        if not raw:
+            return 0
+        account, _, instance = _s(raw).partition("\n")
+        n = await self.release(account, instance)
+        await self.client.delete(self.keys.queue(queue_id))
+        return n
 
     async def release(self, account: str, instance: str) -> int:
         k = self.keys.account(account, instance)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mailwarden.config import SCHEMA, ConfigError, load_config, sample_config
+from mailwarden.config import SCHEMA, ConfigError, load_config, reference_markdown, sample_config
 from mailwarden.profiles import load_profile, shipped_profiles_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,6 +21,11 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_shipped_sample_is_generated_from_the_schema() -> None:
     assert (ROOT / "conf" / "mailwarden.toml").read_text() == sample_config(), (
         "conf/mailwarden.toml drifted: regenerate with `mailwarden config sample`")
+
+
+def test_config_reference_is_generated_from_the_schema() -> None:
+    assert (ROOT / "docs" / "config.md").read_text() == reference_markdown(), (
+        "docs/config.md drifted: regenerate with `mailwarden config reference`")
 
 
 def test_shipped_sample_loads_and_every_key_is_documented() -> None:

@@ -2,8 +2,12 @@
 -- sends, timestamped now, in the account's sliding window.
 --
 -- KEYS[1] window  ZSET   KEYS[2] pending ZSET   KEYS[3] message SET
+-- KEYS[4] queue   STRING queue id -> "account\ninstance", so that a refusal
+--                 decided later by the milter (which runs after this, see
+--                 docs/policyd.md) can release what was committed here
 -- ARGV[1] now_ms  ARGV[2] window_ms  ARGV[3] keep_ms (how long the message set
---                 is kept after commit, so a later refusal can release it)
+--                 and queue mapping are kept after commit)
+-- ARGV[4] account ARGV[5] instance
 -- Returns {committed, count_in_window}
 local now = tonumber(ARGV[1])
 local members = redis.call('SMEMBERS', KEYS[3])
@@ -14,7 +18,10 @@ for _, m in ipairs(members) do
     committed = committed + 1
   end
 end
-if #members > 0 then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
+if #members > 0 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  redis.call('SET', KEYS[4], ARGV[4] .. '\n' .. ARGV[5], 'PX', ARGV[3])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return {committed, redis.call('ZCARD', KEYS[1])}
