@@ -176,6 +176,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("redis.timeout", "duration", 0.5,
         "Socket timeout of one Redis call (connect and read).", _positive),
     Key("redis.key_prefix", "str", "mw", "Prefix of every key mailwarden writes."),
+    Key("redis.batching", "bool", True,
+        "Send script calls that arrive together from different connections in one "
+        "pipeline (benchmarks/policyd.md); false = one round trip per call."),
     # -- logging ------------------------------------------------------------
     Key("logging.level", "str", "info", "debug, info, warning or error.",
         _choices("debug", "info", "warning", "error")),

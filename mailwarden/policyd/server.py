@@ -223,7 +223,8 @@ def run(cfg: Config) -> int:
     async def main() -> None:
         store = RedisStore(cfg["redis.url"], prefix=cfg["redis.key_prefix"],
                            timeout_s=cfg["redis.timeout"], sentinels=cfg["redis.sentinels"],
-                           sentinel_service=cfg["redis.sentinel_service"])
+                           sentinel_service=cfg["redis.sentinel_service"],
+                           batching=cfg["redis.batching"])
         cache = LockCache(cfg["policyd.lock_snapshot"], cfg["lock.expire_after"])
         if n := cache.load_snapshot():
             log.info("loaded %d locks from snapshot %s", n, cfg["policyd.lock_snapshot"])

@@ -70,14 +70,19 @@ def _lock_from_hash(account: str, h: dict[Any, Any]) -> LockInfo | None:
 class _Batcher:
     """Send queued EVALSHA calls in one pipeline; one pipeline in flight at a time."""
 
-    def __init__(self, client: Any, scripts: dict[str, tuple[str, str]]) -> None:
+    def __init__(self, client: Any, scripts: dict[str, tuple[str, str]],
+                 enabled: bool = True) -> None:
         self.client = client
         self.scripts = scripts
+        self.enabled = enabled
         self.queue: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
         self.running = False
 
     def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self.enabled:  # one pipeline of one per call, concurrently
+            asyncio.get_running_loop().create_task(self._send([(name, keys, args, fut)]))
+            return fut
         self.queue.append((name, keys, args, fut))
         if not self.running:
             self.running = True
@@ -128,7 +133,8 @@ class _Batcher:
 
 class RedisStore:
     def __init__(self, url: str, *, prefix: str = "mw", timeout_s: float = 0.5,
-                 sentinels: Sequence[str] = (), sentinel_service: str = "mymaster") -> None:
+                 sentinels: Sequence[str] = (), sentinel_service: str = "mymaster",
+                 batching: bool = True) -> None:
         self.keys = Keyspace(prefix)
         self.scripts = _load_scripts()
         opts: dict[str, Any] = {
@@ -147,7 +153,7 @@ class RedisStore:
                          socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         else:
             self.client = aioredis.Redis.from_url(url, **opts)
-        self._batch = _Batcher(self.client, self.scripts)
+        self._batch = _Batcher(self.client, self.scripts, batching)
 
     async def close(self) -> None:
         await self.client.aclose()
