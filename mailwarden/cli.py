@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -93,6 +94,59 @@ def cmd_policyd(args: argparse.Namespace, cfg: Config) -> int:
     setup_logging("policyd", cfg["logging.level"], cfg["logging.syslog"],
                   cfg["logging.syslog_facility"], cfg["logging.syslog_socket"])
     return server.run(cfg)
+
+
+def cmd_milter(args: argparse.Namespace, cfg: Config) -> int:
+    from mailwarden.logs import setup_logging
+    from mailwarden.milter import app
+
+    if args.daemon:
+        return _daemonize(args, cfg, "milter", lambda: app.run(cfg))
+    setup_logging("milter", cfg["logging.level"], cfg["logging.syslog"],
+                  cfg["logging.syslog_facility"], cfg["logging.syslog_socket"])
+    return app.run(cfg)
+
+
+def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
+    """Offline: the milter's verdict on FILE.eml, with every reason."""
+    from mailwarden.milter.evaluate import ContentSettings, evaluate
+    from mailwarden.verdict import Action
+
+    settings = ContentSettings.from_config(cfg)
+    if args.no_scan:
+        settings = replace(settings, scan=False)
+    try:
+        fp = open(args.file, "rb")
+    except OSError as e:
+        print(f"mailwarden: {args.file}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    with fp:
+        result = evaluate(fp, settings)
+    decisive = result.decisive
+    action = "accept" if decisive is None else (
+        "reject" if decisive.action is Action.REJECT else "tempfail")
+    reasons = [{"rule": v.rule, "detail": " ".join(f"{k}={v2}" for k, v2 in v.detail.items()),
+                "article": v.article, "action": "monitor" if v.monitor else v.action.value}
+               for v in result.verdicts]
+    out = {"action": action, "reply": decisive.reply if decisive else "250 2.0.0 Ok",
+           "reasons": reasons}
+    if args.json:
+        model = result.model
+        out["attachments"] = [a.__dict__ for a in model.attachments] if model else []
+        out["defects"] = list(model.defects) if model else []
+        out["envelope"] = {"from": args.sender or "", "to": args.to or [],
+                           "sasl_user": args.sasl_user or ""}
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        print(f"{action}: {out['reply']}")
+        for r in reasons:
+            print(f"  - {r['rule']} ({r['action']}): {r['detail']}"
+                  + (f" [{r['article']}]" if r["article"] else ""))
+        if result.model:
+            for a in result.model.attachments:
+                print(f"  attachment: {a.name or '(no name)'} {a.content_type} "
+                      f"{a.decoded_size} bytes, looks like {a.detected_type}")
+    return EXIT_OK if action == "accept" else EXIT_FAIL
 
 
 def _daemonize(args: argparse.Namespace, cfg: Config, name: str, run: Callable[[], int]) -> int:
@@ -223,6 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pidfile", help="with --daemon (default /run/mailwarden/policyd.pid)")
     d.add_argument("--log-file", help="with --daemon, when not logging to syslog")
 
+    m = sub.add_parser("milter", help="run the milter in the foreground")
+    m.add_argument("--daemon", action="store_true", help="detach (hosts without systemd)")
+    m.add_argument("--pidfile", help="with --daemon (default /run/mailwarden/milter.pid)")
+    m.add_argument("--log-file", help="with --daemon, when not logging to syslog")
+
+    k = sub.add_parser("check", help="the milter's verdict on a message file, offline "
+                       "(exit 0 accepted, 1 refused, 2 usage/config error)")
+    k.add_argument("file", metavar="FILE.eml")
+    k.add_argument("--from", dest="sender", metavar="ADDR", help="envelope sender")
+    k.add_argument("--to", action="append", metavar="ADDR", help="envelope recipient (repeat)")
+    k.add_argument("--sasl-user", metavar="LOGIN", help="as if sent by this SASL login")
+    k.add_argument("--json", action="store_true")
+    k.add_argument("--no-scan", action="store_true", help="skip clamd")
+
     c = sub.add_parser("config", help="check the config or print the annotated sample")
     c.add_argument("action", choices=("check", "sample", "reference"))
     c.add_argument("--config", "-c", dest="sub_config", metavar="FILE")
@@ -245,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
-    "policyd": cmd_policyd, "locks": cmd_locks, "lock": cmd_lock, "unlock": cmd_unlock,
-    "status": cmd_status, "audit": cmd_audit,
+    "policyd": cmd_policyd, "milter": cmd_milter, "check": cmd_check, "locks": cmd_locks,
+    "lock": cmd_lock, "unlock": cmd_unlock, "status": cmd_status, "audit": cmd_audit,
 }
 
 

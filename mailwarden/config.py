@@ -19,7 +19,7 @@ from typing import Any
 
 from mailwarden.addresses import parse_listen
 from mailwarden.profiles import COUNT_UNITS, DEFAULT_PROFILE, Profile, ProfileError, load_profile
-from mailwarden.units import format_duration, parse_duration, parse_size
+from mailwarden.units import format_duration, format_size, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailwarden/mailwarden.toml")
 
@@ -165,6 +165,65 @@ SCHEMA: tuple[Key, ...] = (
         "Period of the statistics log line; 0 = never."),
     Key("policyd.shutdown_grace", "duration", 10.0,
         "On SIGTERM, how long requests in flight may take to finish.", _positive),
+    # -- milter -------------------------------------------------------------
+    Key("milter.listen", "str", "inet:127.0.0.1:8899",
+        "Where the milter listens, in Postfix notation (the string for smtpd_milters): "
+        "inet:HOST:PORT or unix:/PATH.", _listen),
+    Key("milter.socket_mode", "str", "0660", "File mode of a unix: listen socket."),
+    Key("milter.timeout", "duration", 240.0,
+        "libmilter's I/O timeout with Postfix (Postfix's milter_content_timeout is 300s).",
+        _positive),
+    Key("milter.spool_memory", "size", 1024 * 1024,
+        "Messages up to this size are held in memory, bigger ones in a temp file.", _positive),
+    Key("milter.tmpdir", "str", "", "Where bigger messages are spooled; empty = $TMPDIR or "
+        "/tmp (the unit's PrivateTmp).", example='"/var/spool/mailwarden"'),
+    Key("milter.content_budget", "duration", 120.0,
+        "Total time for inspecting and scanning one message; past it the message is "
+        "deferred (451), never passed unchecked.", _positive),
+    Key("milter.release_on_refusal", "bool", True,
+        "When the milter refuses a message of one of our senders at end of data, uncount "
+        "it from the rate window (needs [redis]; see docs/policyd.md)."),
+    # -- attachments --------------------------------------------------------
+    Key("attachments.mode", "str", "enforce",
+        "enforce = refuse; monitor = log what would be refused, accept.",
+        _choices("enforce", "monitor")),
+    Key("attachments.max_bytes", "size", None,
+        "Cap on the decoded size of all attachments of a message; unset = the profile's.",
+        _positive, example='"30MB"'),
+    Key("attachments.size_overhead", "size", 4 * 1024 * 1024,
+        "Room for the text body and headers on top of the base64-encoded cap, for the "
+        "MAIL FROM SIZE= check and conf/postfix's message_size_limit.", _positive),
+    Key("attachments.executable_extensions", "list", None,
+        "File name extensions refused as executables; unset = the built-in list "
+        "(docs/inspection.md).", _strings, example='[".exe", ".com", ".dll", ".scr"]'),
+    Key("attachments.extra_executable_extensions", "list", [".net"],
+        "Added to the list above (28/2020 Dieu 2.7 names .exe, .com, .dll, .net).",
+        _strings),
+    Key("attachments.encrypted_documents", "str", "log",
+        "Password-protected Office documents and PDFs (not archives): log and accept, "
+        "or reject.", _choices("log", "reject")),
+    Key("attachments.uninspectable", "str", "reject",
+        "An archive too deep, too big, too slow or corrupt to inspect (zip bombs): reject "
+        "(550), defer (451) or accept (logged).", _choices("reject", "defer", "accept")),
+    Key("attachments.max_archive_depth", "int", 3, "Archive nesting levels opened.",
+        _positive),
+    Key("attachments.max_archive_entries", "int", 10_000,
+        "Archive entries listed per message.", _positive),
+    Key("attachments.max_expanded_bytes", "size", 200 * 1024 * 1024,
+        "Uncompressed bytes (declared, and inflated while sniffing) per message.", _positive),
+    Key("attachments.max_parts", "int", 1000, "MIME parts per message.", _positive),
+    # -- antivirus ----------------------------------------------------------
+    Key("antivirus.enabled", "bool", True, "Have clamd scan every message."),
+    Key("antivirus.mode", "str", "enforce",
+        "enforce = refuse infected mail; monitor = log, accept.", _choices("enforce", "monitor")),
+    Key("antivirus.clamd", "str", "unix:/run/clamav/clamd.ctl",
+        "clamd's socket: unix:/PATH or inet:HOST:PORT. clamd's StreamMaxLength must be "
+        "above the raw message size (docs/milter.md)."),
+    Key("antivirus.timeout", "duration", 60.0, "Time for one message's scan, all parts.",
+        _positive),
+    Key("antivirus.on_clamd_error", "str", "defer",
+        "clamd down, timing out or failing: defer (451 4.7.1, nothing unscanned passes) or "
+        "accept (logged loudly).", _choices("defer", "accept")),
     # -- redis --------------------------------------------------------------
     Key("redis.url", "str", "redis://127.0.0.1:6379/0",
         "Redis holding counters and locks: redis://, rediss:// or unix:///path?db=0.",
@@ -267,6 +326,7 @@ def _profile_value(name: str, profile: Profile) -> Any:
         "ratelimit.window": profile.ratelimit_window_s,
         "ratelimit.count": profile.ratelimit_count,
         "lock.contact": profile.unlock_contact,
+        "attachments.max_bytes": profile.attachments_max_bytes,
     }.get(name)
 
 
@@ -318,7 +378,8 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
         from_profile = _profile_value(key.name, profile)
         if key.default is None or (key.name == "lock.contact" and from_profile):
             values[key.name] = from_profile
-            origins[key.name] = f"profile {profile.name}"
+            origins[key.name] = f"profile {profile.name}" if from_profile is not None \
+                else "built-in"
         else:
             values[key.name] = key.default
             origins[key.name] = "default"
@@ -331,8 +392,12 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
 
 def render_value(key: Key, value: Any) -> str:
     """A value in TOML syntax, units kept readable."""
+    if value is None:
+        return "(built-in)"
     if key.kind == "duration":
         return f'"{format_duration(float(value))}"'
+    if key.kind == "size":
+        return f'"{format_size(int(value))}"'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

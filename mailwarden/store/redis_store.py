@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
 from mailwarden.rules.ratelock import LockInfo
 from mailwarden.store.keys import Keyspace
@@ -269,4 +269,28 @@ class RedisStore:
         return out
 
 
-__all__ = ["AccountStatus", "RedisStore", "ReserveResult", "ResponseError"]
+
+
+class SyncReleaser:
+    """The milter's one Redis need, from its libmilter threads: uncount a message
+    that policyd committed at END-OF-MESSAGE and the milter then refused."""
+
+    def __init__(self, url: str, *, prefix: str = "mw", timeout_s: float = 0.5) -> None:
+        import redis
+
+        self.keys = Keyspace(prefix)
+        self.client: Any = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        text, _ = _load_scripts()["release"]
+        self.script = self.client.register_script(text)  # EVALSHA, reloads on NOSCRIPT
+
+    def release_queue_id(self, queue_id: str) -> int:
+        qkey = self.keys.queue(queue_id)
+        raw = self.client.get(qkey)
+        if not raw:
+            return 0
+        account, _, instance = _s(raw).partition("\n")
+        k = self.keys.account(account, instance)
+        n = int(self.script(keys=[k.window, k.pending, k.message]))
+        self.client.delete(qkey)
+        return n

@@ -1,0 +1,249 @@
+"""pymilter adapter: callbacks -> spool -> evaluate -> reply and one log line.
+
+libmilter runs one thread per SMTP connection; each connection gets its own
+`WardenMilter`. The message is spooled (memory up to milter.spool_memory,
+then a temp file), so its size never costs RAM beyond that threshold.
+Anything unexpected inside a callback becomes a logged 451, never a crash and
+never a silent pass (milter_default_action = tempfail covers a dead milter).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from typing import Any
+
+import Milter
+
+from mailwarden import logs
+from mailwarden.config import Config
+from mailwarden.milter.evaluate import ContentSettings, Evaluation, evaluate
+from mailwarden.rules import attachments
+from mailwarden.verdict import Action, Verdict
+
+log = logging.getLogger("mailwarden.milter")
+
+_MAX_RCPTS_LOGGED = 50
+
+
+class Runtime:
+    """What every connection shares: settings, and the optional Redis link."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.content = ContentSettings.from_config(cfg)
+        self.spool_memory = cfg["milter.spool_memory"]
+        self.tmpdir = cfg["milter.tmpdir"] or None
+        self.log_accepts = cfg["logging.log_accepts"]
+        self.releaser = None
+        if cfg["milter.release_on_refusal"]:
+            from mailwarden.store.redis_store import SyncReleaser
+
+            self.releaser = SyncReleaser(cfg["redis.url"], prefix=cfg["redis.key_prefix"],
+                                         timeout_s=cfg["redis.timeout"])
+        self.stats_lock = threading.Lock()
+        self.stats = {"messages": 0, "reject": 0, "defer": 0, "errors": 0}
+
+    def count(self, key: str) -> None:
+        with self.stats_lock:
+            self.stats[key] = self.stats.get(key, 0) + 1
+
+
+RUNTIME: Runtime | None = None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+@Milter.header_leading_space
+class WardenMilter(Milter.Base):  # type: ignore[misc]
+    def __init__(self) -> None:
+        assert RUNTIME is not None
+        self.rt = RUNTIME
+        self.client_name = ""
+        self.client_addr = ""
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sender = ""
+        self.recipients: list[str] = []
+        self.spool: Any = None
+        self.queue_id = ""
+        self.size_seen = 0
+
+    # -- connection and envelope ---------------------------------------------
+    @Milter.noreply
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        self.client_name = hostname or "unknown"
+        self.client_addr = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else "unknown"
+        return Milter.CONTINUE
+
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self._close_spool()
+        self._reset()
+        self.sender = mailfrom.strip("<>")
+        for p in params:
+            key, _, value = p.partition("=")
+            if key.upper() == "SIZE" and value.isdigit():
+                v = attachments.decide_announced_size(int(value), self.rt.content.attachments)
+                if v is not None:
+                    return self._apply([v], "MAIL")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envrcpt(self, to: str, *params: str) -> int:
+        if len(self.recipients) < 10_000:
+            self.recipients.append(to.strip("<>"))
+        return Milter.CONTINUE
+
+    # -- content -------------------------------------------------------------
+    @Milter.decode("bytes")
+    @Milter.noreply
+    def header(self, name: str, value: bytes) -> int:
+        spool = self._spool()
+        spool.write(name.encode("ascii", "replace") + b":" + value.replace(b"\n", b"\r\n")
+                    .replace(b"\r\r\n", b"\r\n") + b"\r\n")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def eoh(self) -> int:
+        self._spool().write(b"\r\n")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk: bytes) -> int:
+        self._spool().write(chunk)
+        return Milter.CONTINUE
+
+    def eom(self) -> int:
+        self.queue_id = _text(self.getsymval("i") or "")
+        self.rt.count("messages")
+        try:
+            result = evaluate(self._spool(), self.rt.content)
+        except Exception as e:  # a bug or an OS error: defer, log, keep serving
+            self.rt.count("errors")
+            log.exception("%s: internal error inspecting message", self.queue_id or "NOQUEUE")
+            result = Evaluation(verdicts=[Verdict(
+                Action.DEFER, "internal.error", 451, "4.7.1",
+                "Loi tam thoi khi kiem tra thu, vui long thu lai sau. Temporary error "
+                "inspecting the message, try again later", detail={"error": type(e).__name__})])
+        finally:
+            self._close_spool()
+        return self._apply(result.verdicts, "EOM")
+
+    def abort(self) -> int:
+        self._close_spool()
+        self._reset()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        self._close_spool()
+        return Milter.CONTINUE
+
+    # -- helpers -------------------------------------------------------------
+    def _spool(self) -> Any:
+        if self.spool is None:
+            self.spool = tempfile.SpooledTemporaryFile(
+                max_size=self.rt.spool_memory, dir=self.rt.tmpdir, prefix="mailwarden-")
+        return self.spool
+
+    def _close_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+    def _line(self, v: Verdict, stage: str) -> str:
+        action = "monitor" if v.monitor else v.action.value
+        if v.action is Action.ACCEPT:
+            action = "log" if v.rule not in ("av.unavailable",) else "accept-unscanned"
+        return logs.decision_line(
+            queue_id=self.queue_id, action=action, stage=stage, client_name=self.client_name,
+            client_addr=self.client_addr, rule=v.rule, detail=v.detail, sender=self.sender,
+            recipients=self.recipients[:_MAX_RCPTS_LOGGED], article=v.article,
+            reply=v.reply if v.action is not Action.ACCEPT else "")
+
+    def _apply(self, verdicts: list[Verdict], stage: str) -> int:
+        decisive = next((v for v in verdicts if v.enforced and v.action is Action.REJECT), None)
+        decisive = decisive or next((v for v in verdicts if v.enforced), None)
+        for v in verdicts:
+            level = logging.WARNING if v.action is not Action.ACCEPT or v.monitor else \
+                logging.INFO
+            if v.rule == "av.unavailable":
+                level = logging.ERROR
+            log.log(level, "%s", self._line(v, stage))
+        if decisive is None:
+            if self.rt.log_accepts and stage == "EOM":
+                log.info("%s", logs.decision_line(
+                    queue_id=self.queue_id, action="accept", stage=stage,
+                    client_name=self.client_name, client_addr=self.client_addr, rule="none",
+                    sender=self.sender, recipients=self.recipients[:_MAX_RCPTS_LOGGED]))
+            return Milter.CONTINUE
+        self.setreply(str(decisive.smtp_code), decisive.enhanced_code,
+                      decisive.text.replace("%", "%%"))
+        if decisive.action is Action.REJECT:
+            self.rt.count("reject")
+            if stage == "EOM":
+                self._release()
+            return Milter.REJECT
+        self.rt.count("defer")
+        if stage == "EOM":
+            self._release()
+        return Milter.TEMPFAIL
+
+    def _release(self) -> None:
+        """A refused message was already counted by policyd at END-OF-MESSAGE."""
+        if self.rt.releaser is None or not self.queue_id:
+            return
+        try:
+            n = self.rt.releaser.release_queue_id(self.queue_id)
+            if n:
+                log.info("%s: uncounted %d recipients of the refused message from the rate "
+                         "window", self.queue_id, n)
+        except Exception as e:  # Redis trouble must not change the verdict
+            log.warning("%s: could not uncount refused message: %s", self.queue_id,
+                        logs.escape(str(e)))
+
+
+def run(cfg: Config) -> int:
+    """Run the milter in the foreground until SIGTERM/SIGINT (libmilter handles them)."""
+    import os
+
+    from mailwarden.addresses import parse_listen
+    from mailwarden.policyd.server import sd_notify
+
+    global RUNTIME
+    RUNTIME = Runtime(cfg)
+    listen = parse_listen(cfg["milter.listen"])
+    if listen.family == "unix" and os.path.exists(listen.path):
+        os.unlink(listen.path)  # stale socket of a previous run
+    Milter.factory = WardenMilter
+    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+    log.info("listening on %s (profile %s, attachments cap %d bytes, clamd %s)", listen,
+             cfg.profile.name, cfg["attachments.max_bytes"],
+             cfg["antivirus.clamd"] if cfg["antivirus.enabled"] else "off")
+    # libmilter creates the socket in runmilter; tell systemd once it is there.
+    if listen.family == "unix":
+        _notify_when_socket(listen.path, int(cfg["milter.socket_mode"], 8), sd_notify)
+    else:
+        sd_notify("READY=1")
+    Milter.runmilter("mailwarden", listen.libmilter(), int(cfg["milter.timeout"]))
+    log.info("stopped; %s", " ".join(f"{k}={v}" for k, v in RUNTIME.stats.items()))
+    return 0
+
+
+def _notify_when_socket(path: str, mode: int, notify: Any) -> None:
+    import os
+    import time
+
+    def wait() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if os.path.exists(path):
+                os.chmod(path, mode)
+                notify("READY=1")
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=wait, daemon=True, name="sd-notify").start()

@@ -1,0 +1,169 @@
+"""One message through inspection, the attachment rules and ClamAV.
+
+Shared by the milter (milter/app.py) and `mailwarden check FILE.eml`, so an
+operator explaining a bounce gets exactly the milter's verdict. The message
+is a seekable binary file (the milter's spool); time is bounded by
+`milter.content_budget`, and running out of it is a deferral, never a pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import BinaryIO
+
+from mailwarden.clients import clamd
+from mailwarden.config import Config
+from mailwarden.inspect import (
+    DEFAULT_EXECUTABLE_EXTENSIONS,
+    DecodedPart,
+    InspectLimits,
+    MessageModel,
+    inspect_message,
+)
+from mailwarden.rules import antivirus, attachments
+from mailwarden.rules.antivirus import AntivirusSettings
+from mailwarden.rules.attachments import AttachmentSettings
+from mailwarden.verdict import Action, Verdict, defer
+
+TIMEOUT_RULE = "content.timeout"
+
+Scanner = Callable[[BinaryIO, float, str], "clamd.ScanOutcome"]
+
+
+@dataclass(frozen=True)
+class ContentSettings:
+    limits: InspectLimits
+    attachments: AttachmentSettings
+    antivirus: AntivirusSettings
+    scan: bool
+    clamd_address: str
+    scan_timeout_s: float
+    budget_s: float
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ContentSettings:
+        p = cfg.profile
+        exts = cfg["attachments.executable_extensions"]
+        extensions = frozenset(e.lower() for e in (
+            exts if exts is not None else DEFAULT_EXECUTABLE_EXTENSIONS))
+        extensions |= {e.lower() for e in cfg["attachments.extra_executable_extensions"]}
+        return cls(
+            limits=InspectLimits(
+                executable_extensions=frozenset(extensions),
+                max_archive_depth=cfg["attachments.max_archive_depth"],
+                max_archive_entries=cfg["attachments.max_archive_entries"],
+                max_expanded_bytes=cfg["attachments.max_expanded_bytes"],
+                max_parts=cfg["attachments.max_parts"],
+                time_budget_s=cfg["milter.content_budget"],
+                spool_memory_bytes=cfg["milter.spool_memory"],
+            ),
+            attachments=AttachmentSettings(
+                enforce=cfg["attachments.mode"] == "enforce",
+                max_bytes=cfg["attachments.max_bytes"],
+                size_overhead=cfg["attachments.size_overhead"],
+                encrypted_documents=cfg["attachments.encrypted_documents"],
+                uninspectable=cfg["attachments.uninspectable"],
+                size_citation=p.cite(p.size_article),
+                executable_citation=p.cite(p.executable_article),
+                encrypted_citation=p.cite(p.encrypted_article),
+            ),
+            antivirus=AntivirusSettings(
+                enforce=cfg["antivirus.mode"] == "enforce",
+                on_error_defer=cfg["antivirus.on_clamd_error"] == "defer",
+                citation=p.cite(p.antivirus_article),
+            ),
+            scan=cfg["antivirus.enabled"],
+            clamd_address=cfg["antivirus.clamd"],
+            scan_timeout_s=cfg["antivirus.timeout"],
+            budget_s=cfg["milter.content_budget"],
+        )
+
+
+@dataclass
+class Evaluation:
+    verdicts: list[Verdict] = field(default_factory=list)  # every reason, in order found
+    model: MessageModel | None = None
+    scanned_parts: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def decisive(self) -> Verdict | None:
+        """The verdict that sets the reply: a refusal before a deferral; none = accept."""
+        enforced = [v for v in self.verdicts if v.enforced]
+        for action in (Action.REJECT, Action.DEFER):
+            for v in enforced:
+                if v.action is action:
+                    return v
+        return None
+
+
+def _default_scanner(address: str) -> Scanner:
+    def scan(fp: BinaryIO, timeout_s: float, label: str) -> clamd.ScanOutcome:
+        return clamd.scan_stream(fp, address=address, timeout_s=timeout_s)
+
+    return scan
+
+
+def evaluate(message: BinaryIO, s: ContentSettings, *, scanner: Scanner | None = None,
+             clock: Callable[[], float] = time.monotonic) -> Evaluation:
+    """Inspect, apply the attachment rules, and scan each decoded part with clamd.
+
+    Decoded parts (body text and attachments) are streamed to clamd one by one
+    as the MIME walk produces them, so nothing is decoded twice and clamd does
+    not re-parse the MIME structure. A message the walk found broken
+    (defects) is also scanned raw, so a part we failed to decode is still seen.
+    """
+    start = clock()
+    deadline = start + s.budget_s
+    scan = scanner or _default_scanner(s.clamd_address)
+    result = Evaluation()
+    outcomes: list[clamd.ScanOutcome] = []
+
+    def remaining() -> float:
+        return min(s.scan_timeout_s, deadline - clock())
+
+    def on_part(part: DecodedPart, fp: BinaryIO) -> None:
+        if not s.scan or any(o.infected for o in outcomes):
+            return
+        budget = remaining()
+        if budget <= 0:
+            outcomes.append(clamd.ScanOutcome(clamd.ScanStatus.ERROR, error="no time left",
+                                              part=part.path))
+            return
+        label = part.path or f"part{part.index}"
+        outcomes.append(replace(scan(fp, budget, label), part=label))
+        result.scanned_parts += 1
+
+    message.seek(0)
+    model = inspect_message(message, s.limits, deadline, on_part=on_part, clock=clock)
+    result.model = model
+    result.verdicts.extend(attachments.decide(model, s.attachments))
+
+    if s.scan and (model.defects or result.scanned_parts == 0) and \
+            not any(o.infected for o in outcomes):
+        message.seek(0)
+        budget = remaining()
+        if budget > 0:
+            outcomes.append(scan(message, budget, "raw-message"))
+            result.scanned_parts += 1
+        else:
+            outcomes.append(clamd.ScanOutcome(clamd.ScanStatus.ERROR, error="no time left",
+                                              part="raw-message"))
+    if s.scan:
+        infected = next((o for o in outcomes if o.infected), None)
+        failed = next((o for o in outcomes if o.status is clamd.ScanStatus.ERROR), None)
+        chosen = infected or failed
+        if chosen is not None:
+            v = antivirus.decide(chosen.status.value, s.antivirus, signature=chosen.signature,
+                                 error=chosen.error, part=chosen.part)
+            if v is not None:
+                result.verdicts.append(v)
+
+    result.elapsed_s = clock() - start
+    if clock() > deadline and result.decisive is None:
+        result.verdicts.append(defer(
+            TIMEOUT_RULE, "Khong kiem tra kip thu, vui long thu lai sau. Message inspection "
+            "took too long, try again later", budget=f"{s.budget_s:g}s"))
+    return result

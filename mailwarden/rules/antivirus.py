@@ -1,0 +1,41 @@
+"""ClamAV's answer as a verdict (Dieu 4.2, 10.2.d). No sockets: the milter scans."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from mailwarden.verdict import Action, Verdict, defer, reject
+
+INFECTED = "av.infected"
+UNAVAILABLE = "av.unavailable"
+RULE_IDS = (INFECTED, UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class AntivirusSettings:
+    enforce: bool
+    on_error_defer: bool
+    citation: str
+
+
+def _ascii(text: str, limit: int = 100) -> str:
+    return "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in text)[:limit]
+
+
+def decide(status: str, s: AntivirusSettings, *, signature: str = "", error: str = "",
+           part: str = "") -> Verdict | None:
+    """status is "clean", "infected" or "error" (clients.clamd.ScanStatus values)."""
+    detail = {"part": part} if part else {}
+    if status == "infected":
+        sig = _ascii(signature)
+        v = reject(INFECTED, f"Thu co virus/ma doc {sig} ({s.citation}). Virus found: {sig}",
+                   s.citation, signature=signature, **detail)
+        return v if s.enforce else replace(v, monitor=True)
+    if status == "error":
+        if s.on_error_defer:
+            return defer(UNAVAILABLE, "Tam thoi khong quet virus duoc, vui long thu lai sau. "
+                         "Virus scan temporarily unavailable, try again later",
+                         error=error, **detail)
+        return Verdict(Action.ACCEPT, UNAVAILABLE, 250, "2.0.0", "accepted unscanned",
+                       detail={"error": error, "policy": "accept", **detail})
+    return None
