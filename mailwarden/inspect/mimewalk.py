@@ -1,0 +1,494 @@
+"""Streaming MIME walk: raw message -> MessageModel.
+
+The body is never held in memory: lines are read with a bounded `readline`,
+base64 / quoted-printable are decoded incrementally into one spooled
+temporary file per leaf part (memory up to `spool_memory_bytes`, then disk),
+and each leaf is handed to `archives.inspect_blob` and to the caller's
+`on_part` before the next one is read. Header blocks are capped at
+`max_header_bytes`; entities at `max_parts`; nesting at `max_mime_depth`.
+
+Leniency choices (each leaves a defect in the model):
+  * boundary lines match strictly ("--" boundary ["--"] [LWSP]), innermost
+    boundary first; an outer boundary also ends the inner parts
+    ("missing-closing-boundary"), and so does the end of the message;
+  * a line without a colon in a header block ("header-without-colon") is
+    held back: if a blank line follows, it was junk in the header; if the
+    part ends (or the block grows past the cap) before a blank line, the part
+    had no header/body separator, and the held lines are replayed as its
+    body. This covers both evasions: junk before the real headers, and a
+    body glued to the headers;
+  * base64 skips characters outside the alphabet and decodes across
+    padding in the middle ("broken-base64");
+  * message/rfc822 (and message/global) parts are decoded and walked as
+    messages: their leaf parts are attachments by the same rule as the outer
+    message's, and the container itself is not counted, so nothing is
+    counted twice.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, BinaryIO, cast
+
+from mailwarden.inspect import (
+    AttachmentInfo,
+    DecodedPart,
+    FindingKind,
+    InspectLimits,
+    MessageModel,
+    PartCallback,
+)
+from mailwarden.inspect.archives import (
+    Budget,
+    Context,
+    LimitReached,
+    check_name,
+    describe,
+    inspect_blob,
+)
+from mailwarden.inspect.filenames import (
+    decode_header_bytes,
+    param_values,
+    parse_header_value,
+)
+
+MAX_LINE = 64 * 1024  # longer lines are read in chunks of this size
+_TIME_CHECK_EVERY = 256  # lines
+_B64_KEEP = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_B64_DELETE = bytes(c for c in range(256) if c not in _B64_KEEP)
+_UUENCODE_BEGIN = re.compile(rb"^begin(?:-base64)? [0-7]{3,4} (.+?)\s*$")
+
+
+class _CallbackFailed(Exception):
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(original)
+        self.original = original
+
+
+@dataclass(frozen=True)
+class _Boundary:
+    level: int  # index into the boundary stack
+    closing: bool
+
+
+# A line chunk and whether it starts at the beginning of a line.
+_Line = tuple[bytes, bool]
+
+
+class _Lines:
+    def __init__(self, fp: IO[bytes], budget: Budget) -> None:
+        self.fp = fp
+        self.budget = budget
+        self.at_start = True
+        self.pushed: list[_Line] = []
+        self.count = 0
+
+    def next(self) -> _Line | None:
+        if self.pushed:
+            return self.pushed.pop()
+        self.count += 1
+        if self.count % _TIME_CHECK_EVERY == 0:
+            self.budget.check_time()
+        line = self.fp.readline(MAX_LINE)
+        if not line:
+            return None
+        starts = self.at_start
+        self.at_start = line.endswith(b"\n")
+        return line, starts
+
+    def push(self, lines: list[_Line]) -> None:
+        """Make `lines` the next ones read, in order."""
+        self.pushed.extend(reversed(lines))
+
+
+def _match_boundary(item: _Line, stack: list[bytes]) -> _Boundary | None:
+    line, starts = item
+    if not starts or not line.startswith(b"--") or not stack:
+        return None
+    body = line.rstrip(b"\r\n")
+    for level in range(len(stack) - 1, -1, -1):
+        delim = stack[level]
+        if body.startswith(delim):
+            rest = body[len(delim) :]
+            closing = rest.startswith(b"--")
+            if closing:
+                rest = rest[2:]
+            if not rest.strip(b" \t"):
+                return _Boundary(level, closing)
+    return None
+
+
+def _split_eol(line: bytes) -> tuple[bytes, bytes]:
+    if line.endswith(b"\r\n"):
+        return line[:-2], b"\r\n"
+    if line.endswith(b"\n"):
+        return line[:-1], b"\n"
+    return line, b""
+
+
+# ------------------------------------------------------------------ decoders
+
+
+class _Base64:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.buf = bytearray()
+
+    def _segment(self, seg: bytes) -> bytes:
+        if len(seg) % 4 == 1:
+            self.ctx.defect("broken-base64")
+            seg = seg[:-1]
+        return binascii.a2b_base64(seg + b"=" * (-len(seg) % 4)) if seg else b""
+
+    def feed(self, line: bytes, eol: bytes) -> tuple[bytes, bytes]:
+        return self._feed(line), b""
+
+    def _feed(self, line: bytes) -> bytes:
+        clean = line.translate(None, _B64_DELETE)
+        if len(clean) != len(line.translate(None, b" \t\r\n")):
+            self.ctx.defect("broken-base64")
+        self.buf += clean
+        if b"=" in clean:
+            *done, rest = re.split(rb"=+", bytes(self.buf))
+            out = b"".join(self._segment(seg) for seg in done)
+            self.buf = bytearray(rest)
+            return out + self._flush_whole()
+        if len(self.buf) >= 64 * 1024:
+            return self._flush_whole()
+        return b""
+
+    def _flush_whole(self) -> bytes:
+        n = len(self.buf) // 4 * 4
+        out = binascii.a2b_base64(self.buf[:n]) if n else b""
+        del self.buf[:n]
+        return out
+
+    def finish(self) -> bytes:
+        out = self._flush_whole()
+        if self.buf:
+            out += self._segment(bytes(self.buf))
+            self.buf.clear()
+        return out
+
+
+class _QuotedPrintable:
+    def feed(self, line: bytes, eol: bytes) -> tuple[bytes, bytes]:
+        text = line.rstrip(b" \t")
+        if eol and text.endswith(b"="):
+            return binascii.a2b_qp(text[:-1]), b""  # soft line break
+        return binascii.a2b_qp(line), eol
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class _Identity:
+    def feed(self, line: bytes, eol: bytes) -> tuple[bytes, bytes]:
+        return line, eol
+
+    def finish(self) -> bytes:
+        return b""
+
+
+_Decoder = _Base64 | _QuotedPrintable | _Identity
+
+
+# -------------------------------------------------------------------- walker
+
+
+@dataclass
+class _Headers:
+    fields: list[tuple[str, str]]
+    stop: _Boundary | None  # the part ended inside its header block
+    eof: bool
+    body_lines: list[_Line]  # replay these as the body (no blank line was found)
+
+    def first(self, name: str) -> str | None:
+        for key, value in self.fields:
+            if key.lower() == name:
+                return value
+        return None
+
+    def all(self, name: str) -> list[str]:
+        return [value for key, value in self.fields if key.lower() == name]
+
+
+class _Walker:
+    def __init__(self, ctx: Context, model: MessageModel, on_part: PartCallback | None) -> None:
+        self.ctx = ctx
+        self.limits = ctx.limits
+        self.model = model
+        self.on_part = on_part
+        self.entities = 0
+        self.leaves = 0
+
+    # --- header blocks
+
+    def _read_headers(self, lines: _Lines, stack: list[bytes], top: bool) -> _Headers:
+        raw: list[bytes] = []  # logical header lines, still folded together
+        held: list[_Line] = []  # lines since the first line without a colon
+        size = 0
+        over = False
+        first = True
+        while True:
+            item = lines.next()
+            if item is None:
+                return self._finish_headers(raw, None, True, held)
+            line, starts = item
+            boundary = _match_boundary(item, stack)
+            if boundary is not None:
+                return self._finish_headers(raw, boundary, False, held)
+            if starts and line in (b"\r\n", b"\n"):
+                return self._finish_headers(raw, None, False, [])
+            if first and top and line.startswith(b"From "):
+                self.ctx.defect("mbox-from-line")
+                first = False
+                continue
+            first = False
+            size += len(line)
+            if size > self.limits.max_header_bytes:
+                if not over:
+                    over = True
+                    self.ctx.defect("header-limit")
+                    self.ctx.add(FindingKind.UNINSPECTABLE, self.ctx.where, "header-limit",
+                                 f"header block over {self.limits.max_header_bytes} bytes")
+                if held:  # a glued-on body, not a header block: stop here
+                    lines.push([item])
+                    return self._finish_headers(raw, None, False, held)
+                continue
+            if held:
+                held.append(item)
+            if not starts or line[:1] in (b" ", b"\t"):
+                if raw:
+                    raw[-1] += line
+                continue
+            if b":" not in line:
+                self.ctx.defect("header-without-colon")
+                if not held:
+                    held.append(item)
+                continue
+            raw.append(line)
+
+    def _finish_headers(self, raw: list[bytes], stop: _Boundary | None, eof: bool,
+                        held: list[_Line]) -> _Headers:
+        fields = []
+        for logical in raw:
+            name, _, value = logical.partition(b":")
+            unfolded = re.sub(rb"\r?\n", b"", value).strip()
+            if any(c >= 0x80 for c in logical):
+                self.ctx.defect("8bit-header")
+            fields.append((decode_header_bytes(name.strip()), decode_header_bytes(unfolded)))
+        return _Headers(fields, stop, eof, held)
+
+    # --- entities
+
+    def walk(self, lines: _Lines, prefix: str, depth: int, top: bool) -> None:
+        headers = self._read_headers(lines, [], top)
+        if top:
+            self.model.headers = headers.fields
+        self._entity(lines, [], headers, prefix, depth, "text/plain")
+
+    def _entity(self, lines: _Lines, stack: list[bytes], headers: _Headers, prefix: str,
+                depth: int, default_type: str) -> _Boundary | None:
+        """Walk one entity whose headers are read; return the boundary that
+        ended it (None at the end of input)."""
+        self.entities += 1
+        if self.entities > self.limits.max_parts:
+            raise LimitReached("part-limit", f"more than {self.limits.max_parts} MIME parts")
+        if headers.body_lines:
+            lines.push(headers.body_lines)
+        elif headers.stop is not None or headers.eof:
+            # The part ended inside its header block: an empty body.
+            self._leaf(lines, stack, headers, prefix, default_type, empty=True)
+            return headers.stop
+        ctype = parse_header_value(headers.first("content-type") or "")
+        main = ctype.value if "/" in ctype.value else default_type
+        if main.startswith("multipart/"):
+            boundary = ctype.get("boundary")
+            if not boundary:
+                self.ctx.defect("multipart-without-boundary")
+            elif depth >= self.limits.max_mime_depth:
+                self.ctx.add(FindingKind.UNINSPECTABLE, prefix.rstrip("/"), "mime-depth-limit",
+                             f"MIME nesting deeper than {self.limits.max_mime_depth}")
+            else:
+                inner = "message/rfc822" if main == "multipart/digest" else "text/plain"
+                return self._multipart(lines, stack, boundary.encode("utf-8", "replace"),
+                                       prefix, depth, inner)
+        if main in ("message/rfc822", "message/global") and depth < self.limits.max_mime_depth:
+            return self._attached_message(lines, stack, headers, prefix, depth)
+        if main == "message/partial":
+            self.ctx.add(FindingKind.UNINSPECTABLE, prefix.rstrip("/"), "message-partial",
+                         "fragment of a message split over several mails")
+        return self._leaf(lines, stack, headers, prefix, main)
+
+    def _skip_to_boundary(self, lines: _Lines, stack: list[bytes]) -> _Boundary | None:
+        while True:
+            item = lines.next()
+            if item is None:
+                return None
+            found = _match_boundary(item, stack)
+            if found is not None:
+                return found
+
+    def _multipart(self, lines: _Lines, stack: list[bytes], boundary: bytes, prefix: str,
+                   depth: int, inner_default: str) -> _Boundary | None:
+        mine = len(stack)
+        inner = [*stack, b"--" + boundary]
+        stop = self._skip_to_boundary(lines, inner)  # the preamble
+        while True:
+            if stop is None:
+                self.ctx.defect("missing-closing-boundary")
+                return None
+            if stop.level < mine:
+                self.ctx.defect("missing-closing-boundary")
+                return stop
+            if stop.closing:
+                return self._skip_to_boundary(lines, stack)  # the epilogue
+            headers = self._read_headers(lines, inner, False)
+            stop = self._entity(lines, inner, headers, prefix, depth + 1, inner_default)
+
+    def _attached_message(self, lines: _Lines, stack: list[bytes], headers: _Headers,
+                          prefix: str, depth: int) -> _Boundary | None:
+        names = self._names(headers)
+        label = names[0] if names else "attached-message"
+        for name in names:
+            check_name(self.ctx, name, prefix + name)
+        with self._spool() as body:
+            stop, _ = self._decode_body(lines, stack, headers, body, text=False)
+            body.seek(0)
+            self.walk(_Lines(body, self.ctx.budget), prefix + label + "/", depth + 1, top=False)
+        return stop
+
+    # --- leaves
+
+    def _spool(self) -> IO[bytes]:
+        return tempfile.SpooledTemporaryFile(max_size=self.limits.spool_memory_bytes)
+
+    def _names(self, headers: _Headers) -> list[str]:
+        names: list[str] = []
+        for value in headers.all("content-disposition"):
+            names += param_values(parse_header_value(value), "filename")
+        for value in headers.all("content-type"):
+            names += param_values(parse_header_value(value), "name")
+        return [n.strip() for n in names if n.strip()]
+
+    def _decode_body(self, lines: _Lines, stack: list[bytes], headers: _Headers,
+                     out: IO[bytes], text: bool) -> tuple[_Boundary | None, int]:
+        cte = (headers.first("content-transfer-encoding") or "").strip().lower()
+        decoder: _Decoder
+        if cte == "base64":
+            decoder = _Base64(self.ctx)
+        elif cte == "quoted-printable":
+            decoder = _QuotedPrintable()
+        else:
+            decoder = _Identity()
+        size = 0
+        pending_eol = b""
+        stop: _Boundary | None = None
+        while True:
+            item = lines.next()
+            if item is None:
+                if stack:
+                    self.ctx.defect("missing-closing-boundary")
+                break
+            stop = _match_boundary(item, stack)
+            if stop is not None:
+                pending_eol = b""  # the line break before a boundary belongs to it
+                break
+            line, eol = _split_eol(item[0])
+            if text and item[1] and line.startswith(b"begin"):
+                m = _UUENCODE_BEGIN.match(line)
+                if m:
+                    name = decode_header_bytes(m.group(1))
+                    check_name(self.ctx, name, f"{self.ctx.where}/{name}".lstrip("/"))
+            data, held = decoder.feed(line, eol)
+            data = pending_eol + data
+            pending_eol = held
+            if data:
+                out.write(data)
+                size += len(data)
+        tail = decoder.finish() + pending_eol
+        if tail:
+            out.write(tail)
+            size += len(tail)
+        return stop, size
+
+    def _leaf(self, lines: _Lines, stack: list[bytes], headers: _Headers, prefix: str,
+              main: str, empty: bool = False) -> _Boundary | None:
+        index = self.leaves
+        self.leaves += 1
+        names = self._names(headers)
+        best = names[0] if names else ""
+        display = prefix + (best or f"(part {index + 1})")
+        self.ctx.where = display
+        for name in names:
+            check_name(self.ctx, name, prefix + name)
+        disposition = parse_header_value(headers.first("content-disposition") or "")
+        is_attachment = (disposition.value == "attachment" or bool(names)
+                         or not main.startswith("text/"))
+        with self._spool() as body:
+            stop: _Boundary | None = None
+            size = 0
+            if not empty:
+                stop, size = self._decode_body(lines, stack, headers, body,
+                                               text=main.startswith("text/"))
+            else:
+                stop = headers.stop
+            detected = "empty"
+            if size:
+                try:
+                    body.flush()
+                    detected = inspect_blob(self.ctx, body, size, display, 0)
+                except LimitReached:
+                    raise
+                except Exception as exc:  # a bug must not end the walk: report it
+                    self.ctx.add(FindingKind.UNINSPECTABLE, display, "internal-error",
+                                 describe(exc))
+                    detected = "unknown"
+            info = AttachmentInfo(best, main, size, detected)
+            if is_attachment:
+                self.model.attachments.append(info)
+                self.model.total_attachment_bytes += size
+            if self.on_part is not None:
+                body.seek(0)
+                part = DecodedPart(index, prefix + best if best else "", info, is_attachment)
+                try:
+                    self.on_part(part, cast(BinaryIO, body))
+                except BaseException as exc:
+                    raise _CallbackFailed(exc) from exc
+        return stop
+
+
+def inspect_message(fp: BinaryIO, limits: InspectLimits, deadline: float, *,
+                    on_part: PartCallback | None = None,
+                    clock: Callable[[], float] = time.monotonic) -> MessageModel:
+    """Inspect a whole raw message (headers + body, CRLF or LF line ends)
+    from a seekable binary file, within `deadline` on `clock`.
+
+    Never raises for anything in the message: limits give UNINSPECTABLE
+    findings (detected = "time-limit", "part-limit", ...), and an internal
+    error gives one with detected = "internal-error". Exceptions raised by
+    `on_part` are re-raised unchanged.
+    """
+    model = MessageModel()
+    ctx = Context(limits, Budget(limits, deadline, clock))
+    walker = _Walker(ctx, model, on_part)
+    try:
+        fp.seek(0)
+        walker.walk(_Lines(fp, ctx.budget), "", 0, top=True)
+    except LimitReached as limit:
+        if limit.detected == "part-limit":
+            ctx.defect("part-limit")
+        ctx.add(FindingKind.UNINSPECTABLE, ctx.where, limit.detected, limit.detail)
+    except _CallbackFailed as failed:
+        raise failed.original from None
+    except Exception as exc:  # the contract: nothing escapes
+        ctx.add(FindingKind.UNINSPECTABLE, ctx.where, "internal-error", describe(exc))
+    model.findings = ctx.findings
+    model.defects = ctx.defects
+    return model
