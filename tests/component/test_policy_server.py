@@ -67,13 +67,20 @@ async def policy_server(tmp_path: Path, redis_url: str, **over: Any
     await service.refresh_locks()
     await server.start()
 
+    clients: list[Client] = []
+
     async def connect() -> Client:
-        return Client(*await asyncio.open_unix_connection(str(sock)))
+        clients.append(Client(*await asyncio.open_unix_connection(str(sock))))
+        return clients[-1]
 
     try:
         yield server, connect
     finally:
         await server.shutdown()
+        for c in clients:
+            c.writer.close()
+            with contextlib.suppress(OSError):
+                await c.writer.wait_closed()
 
 
 def arun(coro: Awaitable[Any]) -> Any:
