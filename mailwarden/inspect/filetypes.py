@@ -301,11 +301,12 @@ class _Cfb:
 
     def chain(self, start: int, max_bytes: int) -> bytes:
         out = bytearray()
-        n, steps = start, 0
+        n = start
+        seen: set[int] = set()
         while n <= _MAXREGSECT and len(out) < max_bytes:
-            steps += 1
-            if steps > self.max_sectors:
+            if n in seen:
                 raise OleError("sector chain loop")
+            seen.add(n)
             out += self._sector(n)
             n = self._next(n)
         return bytes(out[:max_bytes])

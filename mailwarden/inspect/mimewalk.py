@@ -280,8 +280,11 @@ class _Walker:
         for logical in raw:
             name, _, value = logical.partition(b":")
             unfolded = re.sub(rb"\r?\n", b"", value).strip()
-            if any(c >= 0x80 for c in logical):
-                self.ctx.defect("8bit-header")
+            if not logical.isascii():
+                try:
+                    logical.decode("utf-8")  # raw UTF-8 is fine (RFC 6532)
+                except UnicodeDecodeError:
+                    self.ctx.defect("8bit-header")
             fields.append((decode_header_bytes(name.strip()), decode_header_bytes(unfolded)))
         return _Headers(fields, stop, eof, held)
 
@@ -482,9 +485,11 @@ def inspect_message(fp: BinaryIO, limits: InspectLimits, deadline: float, *,
         fp.seek(0)
         walker.walk(_Lines(fp, ctx.budget), "", 0, top=True)
     except LimitReached as limit:
+        where = ctx.where
         if limit.detected == "part-limit":
             ctx.defect("part-limit")
-        ctx.add(FindingKind.UNINSPECTABLE, ctx.where, limit.detected, limit.detail)
+            where = ""  # about the message, not the part last seen
+        ctx.add(FindingKind.UNINSPECTABLE, where, limit.detected, limit.detail)
     except _CallbackFailed as failed:
         raise failed.original from None
     except Exception as exc:  # the contract: nothing escapes
