@@ -255,7 +255,7 @@ class _Walker:
                 if not over:
                     over = True
                     self.ctx.defect("header-limit")
-                    self.ctx.add(FindingKind.UNINSPECTABLE, self.ctx.where, "header-limit",
+                    self.ctx.add(FindingKind.UNINSPECTABLE, "", "header-limit",
                                  f"header block over {self.limits.max_header_bytes} bytes")
                 if held:  # a glued-on body, not a header block: stop here
                     lines.push([item])
@@ -322,8 +322,11 @@ class _Walker:
                 inner = "message/rfc822" if main == "multipart/digest" else "text/plain"
                 return self._multipart(lines, stack, boundary.encode("utf-8", "replace"),
                                        prefix, depth, inner)
-        if main in ("message/rfc822", "message/global") and depth < self.limits.max_mime_depth:
-            return self._attached_message(lines, stack, headers, prefix, depth)
+        if main in ("message/rfc822", "message/global"):
+            if depth < self.limits.max_mime_depth:
+                return self._attached_message(lines, stack, headers, prefix, depth)
+            self.ctx.add(FindingKind.UNINSPECTABLE, prefix.rstrip("/"), "mime-depth-limit",
+                         f"MIME nesting deeper than {self.limits.max_mime_depth}")
         if main == "message/partial":
             self.ctx.add(FindingKind.UNINSPECTABLE, prefix.rstrip("/"), "message-partial",
                          "fragment of a message split over several mails")
@@ -447,8 +450,14 @@ class _Walker:
                 try:
                     body.flush()
                     detected = inspect_blob(self.ctx, body, size, display, 0)
-                except LimitReached:
-                    raise
+                except LimitReached as limit:
+                    if limit.detected == "time-limit":
+                        raise
+                    # The message's inflation budget is spent: say so, and go
+                    # on with the other parts (their names are still checked).
+                    self.ctx.add(FindingKind.UNINSPECTABLE, self.ctx.where, limit.detected,
+                                 limit.detail)
+                    detected = "unknown"
                 except Exception as exc:  # a bug must not end the walk: report it
                     self.ctx.add(FindingKind.UNINSPECTABLE, display, "internal-error",
                                  describe(exc))

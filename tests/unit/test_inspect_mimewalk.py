@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import gzip
 import io
 import itertools
 import os
 import time
 import tracemalloc
+import zipfile
 from typing import BinaryIO
 
 import pytest
@@ -413,3 +415,19 @@ def test_large_attachment_memory_stays_bounded() -> None:
         tracemalloc.stop()
     assert model.attachments[0].decoded_size == len(payload)
     assert peak < 4 << 20, f"peak {peak} bytes"
+
+
+def test_spent_inflation_budget_does_not_stop_name_checks() -> None:
+    inner = zip_bytes({"a.bin": bytes(range(256)) * 12_288}, zipfile.ZIP_STORED)
+    limits = dataclasses.replace(LIMITS, max_expanded_bytes=1 << 20)
+    raw = mime_message([attachment(gzip.compress(inner), "x.zip.gz"),
+                        attachment(b"x", "later.exe")])
+    model = inspect_bytes(raw, limits)
+    assert by_token(model) == {"expanded-limit": "x.zip.gz/x.zip", "name:.exe": "later.exe"}
+
+
+def test_attached_message_past_the_nesting_limit() -> None:
+    limits = dataclasses.replace(LIMITS, max_mime_depth=1)
+    part = forwarded([attachment(b"x", "a.exe")])
+    model = inspect_bytes(mime_message([part]), limits)
+    assert "mime-depth-limit" in tokens(model)
