@@ -411,9 +411,11 @@ def _member(ctx: Context, parent: str, name: str, depth: int, stream: Reader | N
     if s.executable:
         ctx.add(FindingKind.EXECUTABLE, display, s.kind, s.detail)
         return
-    if not (s.archive or s.kind in RANDOM_ACCESS_KINDS):
+    named_archive = (s.kind in ("unknown", "text")
+                     and effective_extension(name) in ARCHIVE_EXTENSIONS)
+    if not (s.archive or s.kind in RANDOM_ACCESS_KINDS or named_archive):
         return
-    if s.archive and depth + 1 >= ctx.limits.max_archive_depth:
+    if (s.archive or named_archive) and depth + 1 >= ctx.limits.max_archive_depth:
         ctx.add(FindingKind.UNINSPECTABLE, display, "depth-limit",
                 f"archive nested deeper than {ctx.limits.max_archive_depth}")
         return

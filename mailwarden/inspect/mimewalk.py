@@ -52,6 +52,7 @@ from mailwarden.inspect.archives import (
     inspect_blob,
 )
 from mailwarden.inspect.filenames import (
+    HeaderValue,
     decode_header_bytes,
     param_values,
     parse_header_value,
@@ -100,6 +101,16 @@ class _Lines:
         starts = self.at_start
         self.at_start = line.endswith(b"\n")
         return line, starts
+
+    def mark(self) -> tuple[int, bool] | None:
+        """Where the next line starts, if the input can be re-read from there."""
+        if self.pushed or not self.fp.seekable():
+            return None
+        return self.fp.tell(), self.at_start
+
+    def reset(self, mark: tuple[int, bool]) -> None:
+        self.fp.seek(mark[0])
+        self.at_start = mark[1]
 
     def push(self, lines: list[_Line]) -> None:
         """Make `lines` the next ones read, in order."""
@@ -218,6 +229,32 @@ class _Headers:
         return [value for key, value in self.fields if key.lower() == name]
 
 
+def _clean(text: str) -> str:
+    """Surrogate-escaped 8-bit bytes -> U+FFFD, for values that leave the walker."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _pick_content_type(headers: _Headers) -> HeaderValue:
+    """With several Content-Type headers, clients disagree on which wins; take
+    a multipart one with a boundary if any, since reading the structure
+    exposes the parts a client could show, and reading it as one leaf hides them."""
+    values = headers.all("content-type")
+    if len(set(values)) > 1:
+        return next((v for v in (parse_header_value(x) for x in values)
+                     if v.value.startswith("multipart/") and v.get("boundary")),
+                    parse_header_value(values[0]))
+    return parse_header_value(values[0] if values else "")
+
+
+def _pick_encoding(headers: _Headers) -> str:
+    """Of several Content-Transfer-Encodings, the one that decodes most."""
+    found = {v.strip().lower() for v in headers.all("content-transfer-encoding")}
+    for cte in ("base64", "quoted-printable"):
+        if cte in found:
+            return cte
+    return ""
+
+
 class _Walker:
     def __init__(self, ctx: Context, model: MessageModel, on_part: PartCallback | None) -> None:
         self.ctx = ctx
@@ -285,7 +322,10 @@ class _Walker:
                     logical.decode("utf-8")  # raw UTF-8 is fine (RFC 6532)
                 except UnicodeDecodeError:
                     self.ctx.defect("8bit-header")
-            fields.append((decode_header_bytes(name.strip()), decode_header_bytes(unfolded)))
+            # surrogateescape keeps 8-bit bytes recoverable (a boundary must
+            # match byte for byte); `_clean` makes text for the model.
+            fields.append((name.strip().decode("utf-8", "surrogateescape"),
+                           unfolded.decode("utf-8", "surrogateescape")))
         return _Headers(fields, stop, eof, held)
 
     # --- entities
@@ -293,7 +333,7 @@ class _Walker:
     def walk(self, lines: _Lines, prefix: str, depth: int, top: bool) -> None:
         headers = self._read_headers(lines, [], top)
         if top:
-            self.model.headers = headers.fields
+            self.model.headers = [(_clean(k), _clean(v)) for k, v in headers.fields]
         self._entity(lines, [], headers, prefix, depth, "text/plain")
 
     def _entity(self, lines: _Lines, stack: list[bytes], headers: _Headers, prefix: str,
@@ -309,7 +349,9 @@ class _Walker:
             # The part ended inside its header block: an empty body.
             self._leaf(lines, stack, headers, prefix, default_type, empty=True)
             return headers.stop
-        ctype = parse_header_value(headers.first("content-type") or "")
+        if any(len(headers.all(h)) > 1 for h in ("content-type", "content-transfer-encoding")):
+            self.ctx.defect("duplicate-header")
+        ctype = _pick_content_type(headers)
         main = ctype.value if "/" in ctype.value else default_type
         if main.startswith("multipart/"):
             boundary = ctype.get("boundary")
@@ -320,7 +362,8 @@ class _Walker:
                              f"MIME nesting deeper than {self.limits.max_mime_depth}")
             else:
                 inner = "message/rfc822" if main == "multipart/digest" else "text/plain"
-                return self._multipart(lines, stack, boundary.encode("utf-8", "replace"),
+                return self._multipart(lines, stack, headers,
+                                       boundary.encode("utf-8", "surrogateescape"),
                                        prefix, depth, inner)
         if main in ("message/rfc822", "message/global"):
             if depth < self.limits.max_mime_depth:
@@ -341,11 +384,18 @@ class _Walker:
             if found is not None:
                 return found
 
-    def _multipart(self, lines: _Lines, stack: list[bytes], boundary: bytes, prefix: str,
-                   depth: int, inner_default: str) -> _Boundary | None:
+    def _multipart(self, lines: _Lines, stack: list[bytes], headers: _Headers, boundary: bytes,
+                   prefix: str, depth: int, inner_default: str) -> _Boundary | None:
         mine = len(stack)
         inner = [*stack, b"--" + boundary]
+        start = lines.mark()
         stop = self._skip_to_boundary(lines, inner)  # the preamble
+        if (stop is None or stop.level < mine) and start is not None:
+            # The boundary never appears: rather than skip the whole body as
+            # preamble, read it again as one opaque part and inspect that.
+            self.ctx.defect("boundary-not-found")
+            lines.reset(start)
+            return self._leaf(lines, stack, headers, prefix, "application/octet-stream")
         while True:
             if stop is None:
                 self.ctx.defect("missing-closing-boundary")
@@ -381,11 +431,11 @@ class _Walker:
             names += param_values(parse_header_value(value), "filename")
         for value in headers.all("content-type"):
             names += param_values(parse_header_value(value), "name")
-        return [n.strip() for n in names if n.strip()]
+        return [_clean(n).strip() for n in names if n.strip()]
 
     def _decode_body(self, lines: _Lines, stack: list[bytes], headers: _Headers,
                      out: IO[bytes], text: bool) -> tuple[_Boundary | None, int]:
-        cte = (headers.first("content-transfer-encoding") or "").strip().lower()
+        cte = _pick_encoding(headers)
         decoder: _Decoder
         if cte == "base64":
             decoder = _Base64(self.ctx)

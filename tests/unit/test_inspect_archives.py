@@ -496,3 +496,14 @@ def test_truncated_zip_is_corrupt() -> None:
 def test_truncated_gzip_keeps_what_it_has() -> None:
     data = gzip_named(pe() + b"\0" * 100_000, "a.pdf")
     assert check(data[:300], "a.gz").tokens == {"pe32"}
+
+
+def test_prepended_zip_inside_a_zip() -> None:
+    inner = b"MZ? no, just junk\n" + zip_bytes({"setup.exe": b"x"})
+    result = check(zip_bytes({"inner.zip": inner}), "outer.zip")
+    assert result.files("name:.exe") == ["outer.zip/inner.zip/setup.exe"]
+
+
+def test_member_named_like_an_archive_but_not_one() -> None:
+    result = check(zip_bytes({"a.7z": b"\x00\x01 not an archive" * 20}), "outer.zip")
+    assert result.files("corrupt-archive") == ["outer.zip/a.7z"]

@@ -431,3 +431,33 @@ def test_attached_message_past_the_nesting_limit() -> None:
     part = forwarded([attachment(b"x", "a.exe")])
     model = inspect_bytes(mime_message([part]), limits)
     assert "mime-depth-limit" in tokens(model)
+
+
+def test_eight_bit_boundary_still_splits_parts() -> None:
+    raw = mime_message([attachment(pe(), "a.pdf")], boundary=b"b\xe9nh")
+    model = inspect_bytes(raw)
+    assert by_token(model) == {"pe32": "a.pdf"}
+    assert model.defects == ["8bit-header"]
+
+
+def test_duplicate_content_type_prefers_the_multipart_reading() -> None:
+    raw = mime_message([attachment(pe(), "a.pdf")], headers=b"Content-Type: text/plain\r\n")
+    model = inspect_bytes(raw)
+    assert by_token(model) == {"pe32": "a.pdf"}
+    assert "duplicate-header" in model.defects
+
+
+def test_duplicate_transfer_encoding_prefers_base64() -> None:
+    part = attachment(pe(), "a.pdf").replace(
+        b"Content-Transfer-Encoding: base64", b"Content-Transfer-Encoding: 7bit\r\n"
+        b"Content-Transfer-Encoding: base64")
+    assert tokens(inspect_bytes(mime_message([part]))) == {"pe32"}
+
+
+def test_boundary_never_found_reads_the_body_as_one_part() -> None:
+    raw = (b"From: a@b\r\nContent-Type: multipart/mixed; boundary=\"declared\"\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(pe()))
+    model = inspect_bytes(raw)
+    assert "boundary-not-found" in model.defects
+    assert tokens(model) == {"pe32"}
+    assert model.attachments[0].decoded_size == len(pe())
