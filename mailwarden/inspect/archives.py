@@ -62,6 +62,10 @@ CHUNK = 64 * 1024
 _XZ_MEMLIMIT = 128 * 1024 * 1024  # liblzma decoder memory for one .xz stream
 _MAX_7Z_HEADER = 64 * 1024 * 1024
 _MAX_TAR_EXT_HEADER = 1024 * 1024  # pax / GNU long name records
+_OLE_DOCUMENT_EXTENSIONS = frozenset(
+    {".doc", ".dot", ".xls", ".xlt", ".xla", ".ppt", ".pot", ".pps", ".msg", ".pub", ".vsd",
+     ".vss", ".mpp", ".wps", ".hwp", ".docx", ".xlsx", ".pptx"}  # last three: encrypted OOXML
+)
 _LIMIT_TOKENS = frozenset(
     {"depth-limit", "entry-limit", "expanded-limit", "time-limit", "part-limit",
      "mime-depth-limit", "header-limit"}
@@ -363,6 +367,12 @@ def _dispatch(ctx: Context, s: Sniffed, f: IO[bytes], size: int, path: str, dept
             ctx.add(FindingKind.UNINSPECTABLE, path, "corrupt-archive",
                     f"named {effective_extension(path)} but content is {s.kind}")
     except CORRUPT_ERRORS as exc:
+        if s.kind == "ole" and effective_extension(path) in _OLE_DOCUMENT_EXTENSIONS:
+            # Windows opens this name with Office, never with msiexec, so a
+            # compound file we cannot parse is a broken document, not a
+            # hidden installer: note it, do not make it uninspectable.
+            ctx.defect("corrupt-document")
+            return s.kind
         token = "corrupt-document" if s.kind in RANDOM_ACCESS_KINDS else "corrupt-archive"
         ctx.add(FindingKind.UNINSPECTABLE, path, token, describe(exc))
     return s.kind

@@ -507,3 +507,15 @@ def test_prepended_zip_inside_a_zip() -> None:
 def test_member_named_like_an_archive_but_not_one() -> None:
     result = check(zip_bytes({"a.7z": b"\x00\x01 not an archive" * 20}), "outer.zip")
     assert result.files("corrupt-archive") == ["outer.zip/a.7z"]
+
+
+@pytest.mark.parametrize(("name", "uninspectable"), [
+    pytest.param("cong-van.doc", False, id="document-name-is-a-defect-only"),
+    pytest.param("setup.bin", True, id="other-name-is-uninspectable"),
+])
+def test_corrupt_compound_file(name: str, uninspectable: bool) -> None:
+    data = word_doc()[:700]
+    ctx = Context(LIMITS, Budget(LIMITS, time.monotonic() + 30, time.monotonic))
+    inspect_blob(ctx, io.BytesIO(data), len(data), name, 0)
+    assert ({f.detected for f in ctx.findings} == {"corrupt-document"}) is uninspectable
+    assert ("corrupt-document" in ctx.defects) is not uninspectable
