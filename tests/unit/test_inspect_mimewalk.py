@@ -15,6 +15,8 @@ import zipfile
 from typing import BinaryIO
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailwarden.inspect import (
     AttachmentInfo,
@@ -461,3 +463,20 @@ def test_boundary_never_found_reads_the_body_as_one_part() -> None:
     assert "boundary-not-found" in model.defects
     assert tokens(model) == {"pe32"}
     assert model.attachments[0].decoded_size == len(pe())
+
+
+_SEED = mime_message([text_part(), attachment(zip_bytes({"a.exe": pe(), "b.pdf": pdf()}), "a.zip"),
+                      forwarded([attachment(pdf(), "=?UTF-8?B?aMOzYS5wZGY=?=")])])
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.lists(st.tuples(st.integers(0, len(_SEED)), st.integers(0, 40), st.binary(max_size=40)),
+                max_size=6))
+def test_mutated_messages_never_break_the_walk(
+        edits: list[tuple[int, int, bytes]]) -> None:
+    raw = bytearray(_SEED)
+    for at, cut, insert in edits:
+        raw[at : at + cut] = insert
+    model = inspect_bytes(bytes(raw))
+    assert "internal-error" not in tokens(model)
+    assert model.total_attachment_bytes == sum(a.decoded_size for a in model.attachments)
