@@ -22,10 +22,14 @@ class Transaction:
         return f"{code} {text}"
 
 
-def send(port: int, sender: str, recipients: Sequence[str], message: bytes, *,
+def send(port: int, sender: str, recipients: Sequence[str], message: bytes | None, *,
          login: str | None = None, client_addr: str = "10.20.30.40",
          mail_options: Sequence[str] = (), timeout: float = 60.0) -> Transaction:
-    """One SMTP transaction on 127.0.0.1:port; with `login`, as that SASL user (XCLIENT)."""
+    """One SMTP transaction on 127.0.0.1:port; with `login`, as that SASL user (XCLIENT).
+
+    With message=None only MAIL and RCPT are sent (then RSET): a probe of the
+    RCPT-stage answers that delivers nothing.
+    """
     t = Transaction()
     with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as s:
         s.ehlo("pc1.test")
@@ -42,7 +46,9 @@ def send(port: int, sender: str, recipients: Sequence[str], message: bytes, *,
         for r in recipients:
             code, text = s.rcpt(r)
             t.rcpt[r] = (code, text.decode(errors="replace"))
-        if t.accepted:
+        if message is None:
+            s.rset()
+        elif t.accepted:
             try:
                 code, text = s.data(message)
             except smtplib.SMTPDataError as e:  # a refusal at end of data, kept as data

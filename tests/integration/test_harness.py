@@ -34,7 +34,7 @@ def test_relay_to_sink_byte_for_byte(postfix_factory: Callable[..., PostfixInsta
     assert env["rcpt_to"] == ["y@ninhbinh.gov.vn"] and env["mail_from"] == "x@gmail.com"
     # Postfix prepends exactly one Received: header (three folded lines); the rest is ours,
     # byte for byte (it adds Date/Message-ID only when missing, and these are present).
-    received, sep, rest = data.partition(b"\r\nFrom: ")
+    received, _sep, rest = data.partition(b"\r\nFrom: ")
     assert received.startswith(b"Received: from ") and received.count(b"\r\n") == 2
     assert b"From: " + rest == message("y@ninhbinh.gov.vn")
     pf.wait_for_log(r"[0-9A-F]{6,}: to=<y@ninhbinh.gov.vn>, relay=127.0.0.1\[127.0.0.1\]:\d+"
