@@ -128,7 +128,8 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     reasons = [{"rule": v.rule, "detail": " ".join(f"{k}={v2}" for k, v2 in v.detail.items()),
                 "article": v.article, "action": "monitor" if v.monitor else v.action.value}
                for v in result.verdicts]
-    out = {"action": action, "reply": decisive.reply if decisive else "250 2.0.0 Ok",
+    out: dict[str, Any] = {"action": action,
+                           "reply": decisive.reply if decisive else "250 2.0.0 Ok",
            "reasons": reasons}
     if args.json:
         model = result.model

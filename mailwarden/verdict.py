@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -34,10 +35,14 @@ class Verdict:
 
 
 def reject(rule: str, text: str, article: str = "", *, code: int = 550,
-           enhanced: str = "5.7.1", **detail: str) -> Verdict:
-    return Verdict(Action.REJECT, rule, code, enhanced, text, article, dict(detail))
+           enhanced: str = "5.7.1", detail: Mapping[str, str] | None = None,
+           **extra: str) -> Verdict:
+    return Verdict(Action.REJECT, rule, code, enhanced, text, article,
+                   {**(detail or {}), **extra})
 
 
 def defer(rule: str, text: str, article: str = "", *, code: int = 451,
-          enhanced: str = "4.7.1", **detail: str) -> Verdict:
-    return Verdict(Action.DEFER, rule, code, enhanced, text, article, dict(detail))
+          enhanced: str = "4.7.1", detail: Mapping[str, str] | None = None,
+          **extra: str) -> Verdict:
+    return Verdict(Action.DEFER, rule, code, enhanced, text, article,
+                   {**(detail or {}), **extra})

@@ -29,13 +29,13 @@ def decide(status: str, s: AntivirusSettings, *, signature: str = "", error: str
     if status == "infected":
         sig = _ascii(signature)
         v = reject(INFECTED, f"Thu co virus/ma doc {sig} ({s.citation}). Virus found: {sig}",
-                   s.citation, signature=signature, **detail)
+                   s.citation, detail=detail, signature=signature)
         return v if s.enforce else replace(v, monitor=True)
     if status == "error":
         if s.on_error_defer:
             return defer(UNAVAILABLE, "Tam thoi khong quet virus duoc, vui long thu lai sau. "
                          "Virus scan temporarily unavailable, try again later",
-                         error=error, **detail)
+                         detail=detail, error=error)
         return Verdict(Action.ACCEPT, UNAVAILABLE, 250, "2.0.0", "accepted unscanned",
                        detail={"error": error, "policy": "accept", **detail})
     return None

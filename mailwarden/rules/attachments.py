@@ -68,16 +68,16 @@ def _finding_verdict(f: Finding, s: AttachmentSettings) -> Verdict | None:
     if f.kind is FindingKind.EXECUTABLE:
         return reject(EXECUTABLE, f'Khong duoc gui/nhan tep thuc thi "{name}" '
                       f"({s.executable_citation}). Executable attachment refused: {name}",
-                      s.executable_citation, **detail)
+                      s.executable_citation, detail=detail)
     if f.kind is FindingKind.ENCRYPTED_ARCHIVE:
         return reject(ENCRYPTED_ARCHIVE, f'Khong duoc gui/nhan tep nen co mat khau "{name}" '
                       f"({s.encrypted_citation}). Password-protected archive refused: {name}",
-                      s.encrypted_citation, **detail)
+                      s.encrypted_citation, detail=detail)
     if f.kind is FindingKind.ENCRYPTED_DOCUMENT:
         text = (f'Tai lieu co mat khau "{name}" khong kiem tra duoc ({s.encrypted_citation}). '
                 f"Password-protected document refused: {name}")
         if s.encrypted_documents == "reject":
-            return reject(ENCRYPTED_DOCUMENT, text, s.encrypted_citation, **detail)
+            return reject(ENCRYPTED_DOCUMENT, text, s.encrypted_citation, detail=detail)
         return Verdict(Action.ACCEPT, ENCRYPTED_DOCUMENT, 250, "2.0.0", "logged",
                        s.encrypted_citation, detail)
     if f.kind is FindingKind.UNINSPECTABLE:
@@ -85,9 +85,9 @@ def _finding_verdict(f: Finding, s: AttachmentSettings) -> Verdict | None:
                 f"({s.executable_citation}). Attachment could not be inspected "
                 f"({f.detected}): {name}")
         if s.uninspectable == "reject":
-            return reject(UNINSPECTABLE, text, s.executable_citation, **detail)
+            return reject(UNINSPECTABLE, text, s.executable_citation, detail=detail)
         if s.uninspectable == "defer":
-            return defer(UNINSPECTABLE, text, s.executable_citation, **detail)
+            return defer(UNINSPECTABLE, text, s.executable_citation, detail=detail)
         return Verdict(Action.ACCEPT, UNINSPECTABLE, 250, "2.0.0", "logged",
                        s.executable_citation, detail)
     return None  # pragma: no cover - every kind is handled above

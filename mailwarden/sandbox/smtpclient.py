@@ -52,7 +52,8 @@ def send(port: int, sender: str, recipients: Sequence[str], message: bytes | Non
             try:
                 code, text = s.data(message)
             except smtplib.SMTPDataError as e:  # a refusal at end of data, kept as data
-                code, text = e.smtp_code, e.smtp_error
+                code = e.smtp_code
+                text = e.smtp_error if isinstance(e.smtp_error, bytes) else e.smtp_error.encode()
             t.data = (code, text.decode(errors="replace"))
         s.quit()
     return t

@@ -110,8 +110,9 @@ def test_limit_lock_and_what_a_lock_means(tmp_path: Path, redis_server: Any,
     assert a[4].startswith("550 5.7.1 Hop thu bi tam khoa") and "Dieu 7.1" in a[4]
     assert a[5:] == ["DUNNO", "DUNNO", "DUNNO"]
     lines = [r.getMessage() for r in caplog.records]
-    assert any(line.startswith("NOQUEUE: lock: RCPT from pc1[10.20.30.40]: "
-                               "rule=ratelimit.external_recipients account=alice@") for line in lines)
+    lock_line = ("NOQUEUE: lock: RCPT from pc1[10.20.30.40]: "
+                 "rule=ratelimit.external_recipients account=alice@")
+    assert any(line.startswith(lock_line) for line in lines)
     assert sum(": reject: RCPT" in line for line in lines) == 2
 
 
@@ -159,7 +160,7 @@ def test_redis_unreachable_failure_policy(tmp_path: Path, policy: str, expected:
             c = await connect()
             answers = [await c.ask(out(ALICE, "x@gmail.com")),
                        await c.ask(request(sender="x@gmail.com", recipient=ALICE))]
-            return answers + [str(server.service.stats.redis_errors)]
+            return [*answers, str(server.service.stats.redis_errors)]
 
     a = arun(go())
     assert a[0].startswith(expected)

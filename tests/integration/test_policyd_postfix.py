@@ -63,7 +63,8 @@ class Stack:
 
 @pytest.fixture
 def stack_factory(postfix_dir: Path, redis_server: RedisInstance, sink: Sink,
-                  postfix_factory: Callable[..., PostfixInstance]) -> Iterator[Callable[..., Stack]]:
+                  postfix_factory: Callable[..., PostfixInstance],
+                  ) -> Iterator[Callable[..., Stack]]:
     daemons: list[Daemon] = []
 
     def make(**over: Any) -> Stack:

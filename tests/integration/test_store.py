@@ -45,7 +45,7 @@ def test_limit_edge_locks_on_the_first_item_over(redis_server: Any) -> None:
     async def go(st: RedisStore) -> list[Any]:
         out = [await reserve(st, f"r:i1:x{i}@gmail.com", T0 + i) for i in range(4)]
         out.append(await reserve(st, "r:i1:bob@ninhbinh.example", T0 + 5))
-        return out + [await st.get_lock(A), await st.list_locks(), await st.audit(10)]
+        return [*out, await st.get_lock(A), await st.list_locks(), await st.audit(10)]
 
     *results, lock, locks, audit = run(redis_server.url, go)
     assert [(r.status, r.count) for r in results[:3]] == [("ok", 1), ("ok", 2), ("ok", 3)]
