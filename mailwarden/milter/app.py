@@ -76,7 +76,8 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
     # -- connection and envelope ---------------------------------------------
     @Milter.noreply
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        self.client_name = hostname or "unknown"
+        # Postfix passes "[ip]" when it has no verified name: log it as Postfix does.
+        self.client_name = "unknown" if not hostname or hostname.startswith("[") else hostname
         self.client_addr = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else "unknown"
         return Milter.CONTINUE
 
