@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mailwarden.sandbox.clamd import ClamdInstance
 from mailwarden.sandbox.postfix import PostfixInstance
 from mailwarden.sandbox.redis import RedisInstance
 from mailwarden.sandbox.sink import Sink
@@ -64,3 +65,11 @@ def postfix_factory(postfix_dir: Path, sink: Sink) -> Iterator[Callable[..., Pos
     finally:
         for pf in reversed(started):
             pf.stop()
+
+
+@pytest.fixture(scope="session")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdInstance]:
+    """One private clamd for the session: unix socket + 127.0.0.1, 64 MiB StreamMaxLength,
+    DisableCache yes, test signatures only (EICAR, clam.exe). Stopped by PID at the end."""
+    with ClamdInstance(tmp_path_factory.mktemp("clamd"), inet=True) as instance:
+        yield instance

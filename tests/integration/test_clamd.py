@@ -26,7 +26,7 @@ from mailwarden.sandbox.clamd import (
     ClamdInstance,
     eicar_bytes,
 )
-from tests.integration.clamd_fixtures import clamd, require_clamd  # noqa: F401
+from tests.integration.clamd_fixtures import require_clamd
 
 pytestmark = pytest.mark.integration
 
@@ -66,13 +66,13 @@ def in_chunks(data: bytes, size: int = 1 * MiB) -> Iterator[bytes]:
 # --- detections ------------------------------------------------------------------------------
 
 
-def test_eicar_plain(clamd: ClamdInstance) -> None:  # noqa: F811
+def test_eicar_plain(clamd: ClamdInstance) -> None:
     outcome = scan_stream(eicar_bytes(), address=clamd.address, timeout_s=TIMEOUT_S)
     assert (outcome.status, outcome.signature) == (INFECTED, EICAR_SIGNATURE)
     assert outcome.error == ""
 
 
-def test_eicar_over_tcp(clamd: ClamdInstance) -> None:  # noqa: F811
+def test_eicar_over_tcp(clamd: ClamdInstance) -> None:
     outcome = scan_stream(eicar_bytes(), address=clamd.inet_address, timeout_s=TIMEOUT_S)
     assert (outcome.status, outcome.signature) == (INFECTED, EICAR_SIGNATURE)
 
@@ -88,7 +88,7 @@ ARCHIVES: list[tuple[str, Callable[[], bytes]]] = [
 
 
 @pytest.mark.parametrize("make", [a[1] for a in ARCHIVES], ids=[a[0] for a in ARCHIVES])
-def test_eicar_in_containers(clamd: ClamdInstance,  # noqa: F811
+def test_eicar_in_containers(clamd: ClamdInstance,
                             make: Callable[[], bytes]) -> None:
     outcome = scan_stream(make(), address=clamd.address, timeout_s=TIMEOUT_S)
     assert (outcome.status, outcome.signature) == (INFECTED, EICAR_SIGNATURE)
@@ -96,7 +96,7 @@ def test_eicar_in_containers(clamd: ClamdInstance,  # noqa: F811
 
 @pytest.mark.parametrize("name", ["clam.exe", "clam.zip", "clam.7z", "clam.tar.gz",
                                   "clam.exe.bz2", "clam.mail", "clam.exe.mbox.base64"])
-def test_clamav_testfiles(clamd: ClamdInstance, name: str) -> None:  # noqa: F811
+def test_clamav_testfiles(clamd: ClamdInstance, name: str) -> None:
     with open(TESTFILES / name, "rb") as f:  # a file object: the spool-file path
         outcome = scan_stream(f, address=clamd.address, timeout_s=TIMEOUT_S)
     assert (outcome.status, outcome.signature) == (INFECTED, CLAM_EXE_SIGNATURE)
@@ -113,7 +113,7 @@ CLEAN_DATA: list[tuple[str, Callable[[], bytes]]] = [
 
 
 @pytest.mark.parametrize("make", [c[1] for c in CLEAN_DATA], ids=[c[0] for c in CLEAN_DATA])
-def test_clean_data(clamd: ClamdInstance, make: Callable[[], bytes]) -> None:  # noqa: F811
+def test_clean_data(clamd: ClamdInstance, make: Callable[[], bytes]) -> None:
     outcome = scan_stream(make(), address=clamd.address, timeout_s=TIMEOUT_S)
     assert outcome.status is CLEAN, outcome
 
@@ -121,14 +121,14 @@ def test_clean_data(clamd: ClamdInstance, make: Callable[[], bytes]) -> None:  #
 # --- sizes: the 30 MB cap must be scanned, over-limit must be surfaced ------------------------
 
 
-def test_30_mib_stream_is_scanned_clean(clamd: ClamdInstance) -> None:  # noqa: F811
+def test_30_mib_stream_is_scanned_clean(clamd: ClamdInstance) -> None:
     outcome = scan_stream(in_chunks(random_bytes(30 * MiB)), address=clamd.address,
                           timeout_s=TIMEOUT_S)
     assert outcome.status is CLEAN, outcome
     assert outcome.error == ""
 
 
-def test_30_mib_message_with_eicar_at_the_very_end(clamd: ClamdInstance) -> None:  # noqa: F811
+def test_30_mib_message_with_eicar_at_the_very_end(clamd: ClamdInstance) -> None:
     """A ~42 MB raw message whose 30 MiB zip attachment ends with EICAR: detected only if
     clamd really took the whole stream and unpacked all of it (no silent size skip)."""
     buf = io.BytesIO()
@@ -141,7 +141,7 @@ def test_30_mib_message_with_eicar_at_the_very_end(clamd: ClamdInstance) -> None
     assert (outcome.status, outcome.signature) == (INFECTED, EICAR_SIGNATURE)
 
 
-def test_stream_of_exactly_stream_max_length_is_scanned(clamd: ClamdInstance) -> None:  # noqa: F811
+def test_stream_of_exactly_stream_max_length_is_scanned(clamd: ClamdInstance) -> None:
     block = random_bytes(MiB)
     n = clamd.stream_max_bytes // MiB
     assert n * MiB == clamd.stream_max_bytes
@@ -149,7 +149,7 @@ def test_stream_of_exactly_stream_max_length_is_scanned(clamd: ClamdInstance) ->
     assert outcome.status is CLEAN, outcome
 
 
-def test_stream_over_stream_max_length_is_an_error(clamd: ClamdInstance) -> None:  # noqa: F811
+def test_stream_over_stream_max_length_is_an_error(clamd: ClamdInstance) -> None:
     block = random_bytes(MiB)
     n = clamd.stream_max_bytes // MiB
 
@@ -165,7 +165,7 @@ def test_stream_over_stream_max_length_is_an_error(clamd: ClamdInstance) -> None
 # --- several parts ---------------------------------------------------------------------------
 
 
-def test_scan_many_attachments_and_raw_message(clamd: ClamdInstance) -> None:  # noqa: F811
+def test_scan_many_attachments_and_raw_message(clamd: ClamdInstance) -> None:
     infected_zip = zip_of([("x.com", eicar_bytes())])
     parts = [
         ("bao-cao.pdf", b"%PDF-1.4 clean enough"),
@@ -181,7 +181,7 @@ def test_scan_many_attachments_and_raw_message(clamd: ClamdInstance) -> None:  #
     assert clean.status is CLEAN, clean
 
 
-def test_concurrent_scans_from_many_threads(clamd: ClamdInstance) -> None:  # noqa: F811
+def test_concurrent_scans_from_many_threads(clamd: ClamdInstance) -> None:
     """pymilter runs one thread per SMTP connection; clamd has MaxThreads 2 here."""
     payloads = [eicar_bytes() if i % 2 else random_bytes(256 * 1024, seed=i) for i in range(16)]
     results: list[ScanStatus | None] = [None] * len(payloads)
@@ -200,7 +200,7 @@ def test_concurrent_scans_from_many_threads(clamd: ClamdInstance) -> None:  # no
 # --- health ----------------------------------------------------------------------------------
 
 
-def test_ping_and_version(clamd: ClamdInstance) -> None:  # noqa: F811
+def test_ping_and_version(clamd: ClamdInstance) -> None:
     assert ping(clamd.address, timeout_s=5)
     assert ping(clamd.inet_address, timeout_s=5)
     v = version(clamd.address, timeout_s=5)
