@@ -85,26 +85,28 @@ def _account(cfg: Config, addr: str) -> str:
 
 
 # -- commands ------------------------------------------------------------------
-def cmd_policyd(args: argparse.Namespace, cfg: Config) -> int:
+def _run_daemon(args: argparse.Namespace, cfg: Config, name: str,
+                run: Callable[[], int]) -> int:
+    """Foreground (systemd) by default; --daemon detaches (hosts without systemd)."""
     from mailwarden.logs import setup_logging
-    from mailwarden.policyd import server
 
     if args.daemon:
-        return _daemonize(args, cfg, "policyd", lambda: server.run(cfg))
-    setup_logging("policyd", cfg["logging.level"], cfg["logging.syslog"],
+        return _daemonize(args, cfg, name, run)
+    setup_logging(name, cfg["logging.level"], cfg["logging.syslog"],
                   cfg["logging.syslog_facility"], cfg["logging.syslog_socket"])
-    return server.run(cfg)
+    return run()
+
+
+def cmd_policyd(args: argparse.Namespace, cfg: Config) -> int:
+    from mailwarden.policyd import server
+
+    return _run_daemon(args, cfg, "policyd", lambda: server.run(cfg))
 
 
 def cmd_milter(args: argparse.Namespace, cfg: Config) -> int:
-    from mailwarden.logs import setup_logging
     from mailwarden.milter import app
 
-    if args.daemon:
-        return _daemonize(args, cfg, "milter", lambda: app.run(cfg))
-    setup_logging("milter", cfg["logging.level"], cfg["logging.syslog"],
-                  cfg["logging.syslog_facility"], cfg["logging.syslog_socket"])
-    return app.run(cfg)
+    return _run_daemon(args, cfg, "milter", lambda: app.run(cfg))
 
 
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
