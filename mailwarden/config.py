@@ -180,6 +180,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("milter.content_budget", "duration", 120.0,
         "Total time for inspecting and scanning one message; past it the message is "
         "deferred (451), never passed unchecked.", _positive),
+    Key("milter.stats_interval", "duration", 600.0,
+        "Period of the statistics log line; 0 = never."),
     Key("milter.release_on_refusal", "bool", True,
         "When the milter refuses a message of one of our senders at end of data, uncount "
         "it from the rate window (needs [redis]; see docs/policyd.md)."),

@@ -49,6 +49,10 @@ class Runtime:
         with self.stats_lock:
             self.stats[key] = self.stats.get(key, 0) + 1
 
+    def stats_line(self) -> str:
+        with self.stats_lock:
+            return " ".join(f"{k}={v}" for k, v in self.stats.items())
+
 
 RUNTIME: Runtime | None = None
 
@@ -229,9 +233,21 @@ def run(cfg: Config) -> int:
         _notify_when_socket(listen.path, int(cfg["milter.socket_mode"], 8), sd_notify)
     else:
         sd_notify("READY=1")
+    interval = cfg["milter.stats_interval"]
+    if interval > 0:
+        _every(interval, lambda: log.info("statistics: %s", RUNTIME.stats_line()))
     Milter.runmilter("mailwarden", listen.libmilter(), int(cfg["milter.timeout"]))
-    log.info("stopped; %s", " ".join(f"{k}={v}" for k, v in RUNTIME.stats.items()))
+    log.info("stopped; statistics: %s", RUNTIME.stats_line())
     return 0
+
+
+def _every(interval_s: float, fn: Any) -> None:
+    def loop() -> None:
+        stop = threading.Event()
+        while not stop.wait(interval_s):
+            fn()
+
+    threading.Thread(target=loop, daemon=True, name="statistics").start()
 
 
 def _notify_when_socket(path: str, mode: int, notify: Any) -> None:
