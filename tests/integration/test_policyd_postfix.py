@@ -164,6 +164,9 @@ def test_redis_down_fail_open_or_closed(stack_factory: Callable[..., Stack], pol
         assert "ratelimit.backend_error" in st.policyd.log_text()
     finally:
         st.redis.start()
+    # Redis is back: the daemon reconnects by itself and counts again (a RCPT probe reserves).
+    assert st.send(ALICE, ["y@gmail.com"], None).accepted == ["y@gmail.com"]
+    assert '"reserved": 1' in st.cli("status", ALICE, "--json").stdout
 
 
 def test_message_refused_after_rcpt_is_not_counted(stack_factory: Callable[..., Stack]) -> None:
