@@ -1,0 +1,1 @@
+"""Benchmarks and load generators; not part of the installed package (see the Makefile)."""
