@@ -34,6 +34,37 @@ class Decoder:
         start = 0
         buf = self._buf
         try:
+            # Fast path: whole requests that start at a request boundary, parsed with
+            # str methods in C; anything unusual (CR, partial state, a request longer
+            # than one line may be) falls through to the line-by-line loop below.
+            while not self._attrs:
+                end = buf.find(b"\n\n", start)
+                if end <= start or end - start > self.max_line:
+                    break
+                block = buf[start:end]
+                if b"\r" in block:
+                    break
+                try:
+                    text = block.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ProtocolError("attribute is not valid UTF-8") from None
+                lines = text.split("\n")
+                if len(lines) > self.max_attrs:
+                    raise ProtocolError(f"more than {self.max_attrs} attributes")
+                try:
+                    attrs = dict([line.split("=", 1) for line in lines])
+                except ValueError:
+                    raise ProtocolError("attribute line without name=value") from None
+                if "" in attrs:
+                    raise ProtocolError("attribute line without name=value")
+                if len(attrs) != len(lines):
+                    raise ProtocolError("attribute repeated")
+                if not text.isascii() and not all(k.isascii() for k in attrs):
+                    raise ProtocolError("attribute is not valid UTF-8")
+                if attrs.get("request") != "smtpd_access_policy":
+                    raise ProtocolError("request= is missing or not smtpd_access_policy")
+                out.append(attrs)
+                start = end + 2
             while True:
                 nl = buf.find(b"\n", start)
                 if nl < 0:

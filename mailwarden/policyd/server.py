@@ -50,6 +50,7 @@ class PolicyConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
         self.idle: asyncio.TimerHandle | None = None
+        self.last_active = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -69,6 +70,7 @@ class PolicyConnection(asyncio.Protocol):
         self.server.connections.discard(self)
         if self.idle:
             self.idle.cancel()
+            self.idle = None
         if self.worker and not self.worker.done() and self.server.closing:
             return  # let the request in flight finish during shutdown
         if self.worker:
@@ -93,13 +95,23 @@ class PolicyConnection(asyncio.Protocol):
 
     # -- internals -----------------------------------------------------------
     def _touch(self) -> None:
-        if self.idle:
-            self.idle.cancel()
+        # Remember when; one timer per connection re-arms itself (cancelling and
+        # re-creating a timer on every read cost ~1 us a request: benchmarks/policyd.md).
         loop = asyncio.get_running_loop()
-        self.idle = loop.call_later(self.server.idle_timeout, self._idle_close)
+        self.last_active = loop.time()
+        if self.idle is None:
+            self.idle = loop.call_later(self.server.idle_timeout, self._idle_check)
 
-    def _idle_close(self) -> None:
-        if self.transport and not self.queue and (self.worker is None or self.worker.done()):
+    def _idle_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        left = self.last_active + self.server.idle_timeout - loop.time()
+        busy = bool(self.queue) or (self.worker is not None and not self.worker.done())
+        if left > 0 or busy:
+            self.idle = loop.call_later(left if left > 0 else self.server.idle_timeout,
+                                        self._idle_check)
+            return
+        self.idle = None
+        if self.transport:
             self.transport.close()
 
     def _malformed(self, why: str) -> None:
@@ -137,7 +149,8 @@ class PolicyServer:
     async def answer(self, attrs: Mapping[str, str]) -> str:
         self.inflight += 1
         try:
-            return await asyncio.wait_for(self.service.handle(attrs), self.answer_timeout)
+            async with asyncio.timeout(self.answer_timeout):
+                return await self.service.handle(attrs)
         except TimeoutError as e:
             return self.service._backend_failure(
                 attrs, attrs.get("protocol_state", "").upper(),

@@ -223,3 +223,20 @@ def test_locked_account_is_refused_at_every_rcpt_but_eom_is_not(tmp_path: Path,
     assert all(x.startswith("550 5.7.1 Hop thu bi tam khoa") and "virus on PC" in x
                for x in a[:2])
     assert "Dieu 7.2" in a[0] and a[2] == "DUNNO"
+
+
+def test_idle_connections_are_closed_active_ones_are_not(tmp_path: Path,
+                                                         redis_server: Any) -> None:
+    async def go() -> tuple[str, bytes]:
+        async with policy_server(tmp_path, redis_server.url,
+                                 **{"policyd.idle_timeout": 0.3}) as (_, connect):
+            active, idle = await connect(), await connect()
+            closing = asyncio.ensure_future(asyncio.wait_for(idle.reader.read(), 5))
+            answer = ""
+            while not closing.done():  # keep one connection busy until the other is closed
+                answer = await active.ask(out(ALICE, "x@ninhbinh.gov.vn"))
+            answer = await active.ask(out(ALICE, "y@ninhbinh.gov.vn"))  # still open
+            return answer, closing.result()
+
+    last, closed = arun(go())
+    assert last == "DUNNO" and closed == b""
