@@ -111,7 +111,7 @@ def cmd_milter(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     """Offline: the milter's verdict on FILE.eml, with every reason."""
-    from mailwarden.milter.evaluate import ContentSettings, evaluate
+    from mailwarden.milter.evaluate import ContentSettings, Envelope, evaluate
     from mailwarden.verdict import Action
 
     settings = ContentSettings.from_config(cfg)
@@ -122,8 +122,12 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     except OSError as e:
         print(f"mailwarden: {args.file}: {e.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    envelope = Envelope(mail_from=args.sender or "", recipients=tuple(args.to or ()),
+                        original_recipients=tuple("" for _ in args.to or ()),
+                        client_addr="127.0.0.1" if args.sasl_user else "",
+                        authenticated=bool(args.sasl_user))
     with fp:
-        result = evaluate(fp, settings)
+        result = evaluate(fp, settings, envelope=envelope)
     decisive = result.decisive
     action = "accept" if decisive is None else (
         "reject" if decisive.action is Action.REJECT else "tempfail")
@@ -150,6 +154,13 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
                 print(f"  attachment: {a.name or '(no name)'} {a.content_type} "
                       f"{a.decoded_size} bytes, looks like {a.detected_type}")
     return EXIT_OK if action == "accept" else EXIT_FAIL
+
+
+def cmd_forwarding(args: argparse.Namespace, cfg: Config) -> int:
+    from mailwarden import forwarding_audit
+
+    p = cfg.profile
+    return forwarding_audit.main(args, cfg.values, citation=p.cite(p.forwarding_article))
 
 
 def _daemonize(args: argparse.Namespace, cfg: Config, name: str, run: Callable[[], int]) -> int:
@@ -294,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", action="store_true")
     k.add_argument("--no-scan", action="store_true", help="skip clamd")
 
+    f = sub.add_parser("forwarding", help="forwarding tools")
+    fsub = f.add_subparsers(dest="forwarding_command", required=True, metavar="ACTION")
+    fa = fsub.add_parser("audit", help="list configured forwards from local mailboxes to "
+                         "private addresses (aliases, .forward, Sieve); exit 1 if any")
+    from mailwarden import forwarding_audit
+
+    forwarding_audit.add_arguments(fa)
+
     c = sub.add_parser("config", help="check the config or print the annotated sample")
     c.add_argument("action", choices=("check", "sample", "reference"))
     c.add_argument("--config", "-c", dest="sub_config", metavar="FILE")
@@ -318,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "policyd": cmd_policyd, "milter": cmd_milter, "check": cmd_check, "locks": cmd_locks,
     "lock": cmd_lock, "unlock": cmd_unlock, "status": cmd_status, "audit": cmd_audit,
+    "forwarding": cmd_forwarding,
 }
 
 

@@ -226,6 +226,32 @@ SCHEMA: tuple[Key, ...] = (
     Key("antivirus.on_clamd_error", "str", "defer",
         "clamd down, timing out or failing: defer (451 4.7.1, nothing unscanned passes) or "
         "accept (logged loudly).", _choices("defer", "accept")),
+    # -- forwarding ---------------------------------------------------------
+    Key("forwarding.mode", "str", "enforce",
+        "Automatic forwarding to/from non-state mailboxes (Dieu 4.5): enforce = refuse on "
+        "high-confidence signals; monitor = log only.", _choices("enforce", "monitor")),
+    Key("forwarding.promote_medium", "bool", False,
+        "Refuse on medium-confidence signals too (foreign SRS, Delivered-To ...)."),
+    Key("forwarding.state_suffixes", "list", ["gov.vn"],
+        "Domains issued by state agencies (label boundaries: hanoigov.vn is private).",
+        _strings),
+    Key("forwarding.state_allow", "list", [],
+        "More state-issued domains, e.g. chinhphu.vn.", _strings, example='["chinhphu.vn"]'),
+    Key("forwarding.srs_domains", "list", [],
+        "Domains our SRS rewrites into; empty = domains.local.", _strings),
+    Key("forwarding.mailbox_hosts", "list", [],
+        "Our mailbox servers (Dovecot/Zimbra submission), for the structural signal: "
+        "mail from outside re-sent to a private address by them is a forward.", _networks,
+        example='["10.0.0.21/32"]'),
+    Key("forwarding.final_hop_daemon_name", "str", "mailwarden-finalhop",
+        "The {daemon_name} of the final-hop smtpd (conf/postfix/final-hop/): there only "
+        "the forwarding rule runs, after address rewriting."),
+    Key("forwarding.postfix_config_dir", "str", "/etc/postfix",
+        "What `mailwarden forwarding audit` reads with postconf; empty = skip."),
+    Key("forwarding.forward_files", "list", ["/home/*/.forward"],
+        "`forwarding audit`: .forward files (globs).", _strings),
+    Key("forwarding.sieve_scripts", "list", ["/home/*/sieve", "/home/*/.dovecot.sieve"],
+        "`forwarding audit`: Sieve scripts or directories of them (globs).", _strings),
     # -- redis --------------------------------------------------------------
     Key("redis.url", "str", "redis://127.0.0.1:6379/0",
         "Redis holding counters and locks: redis://, rediss:// or unix:///path?db=0.",

@@ -18,8 +18,9 @@ import Milter
 
 from mailwarden import logs
 from mailwarden.config import Config
-from mailwarden.milter.evaluate import ContentSettings, Evaluation, evaluate
+from mailwarden.milter.evaluate import ContentSettings, Envelope, Evaluation, evaluate
 from mailwarden.rules import attachments
+from mailwarden.rules.forwarding import parse_orcpt
 from mailwarden.verdict import Action, Verdict
 
 log = logging.getLogger("mailwarden.milter")
@@ -68,11 +69,14 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         self.rt = RUNTIME
         self.client_name = ""
         self.client_addr = ""
+        self.final_hop = False
         self._reset()
 
     def _reset(self) -> None:
         self.sender = ""
+        self.authenticated = False
         self.recipients: list[str] = []
+        self.orcpts: list[str] = []
         self.spool: Any = None
         self.queue_id = ""
         self.size_seen = 0
@@ -83,17 +87,20 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         # Postfix passes "[ip]" when it has no verified name: log it as Postfix does.
         self.client_name = "unknown" if not hostname or hostname.startswith("[") else hostname
         self.client_addr = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else "unknown"
+        daemon = _text(self.getsymval("{daemon_name}") or "")
+        self.final_hop = daemon == self.rt.cfg["forwarding.final_hop_daemon_name"]
         return Milter.CONTINUE
 
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self._close_spool()
         self._reset()
         self.sender = mailfrom.strip("<>")
+        self.authenticated = bool(self.getsymval("{auth_authen}"))
         for p in params:
             key, _, value = p.partition("=")
             if key.upper() == "SIZE" and value.isdigit():
                 v = attachments.decide_announced_size(int(value), self.rt.content.attachments)
-                if v is not None:
+                if v is not None and not self.final_hop:
                     return self._apply([v], "MAIL")
         return Milter.CONTINUE
 
@@ -101,6 +108,8 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
     def envrcpt(self, to: str, *params: str) -> int:
         if len(self.recipients) < 10_000:
             self.recipients.append(to.strip("<>"))
+            self.orcpts.append(next((parse_orcpt(p) for p in params
+                                     if p[:6].upper() == "ORCPT="), ""))
         return Milter.CONTINUE
 
     # -- content -------------------------------------------------------------
@@ -126,7 +135,10 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         self.queue_id = _text(self.getsymval("i") or "")
         self.rt.count("messages")
         try:
-            result = evaluate(self._spool(), self.rt.content)
+            result = evaluate(self._spool(), self.rt.content, envelope=Envelope(
+                mail_from=self.sender, recipients=tuple(self.recipients),
+                original_recipients=tuple(self.orcpts), client_addr=self.client_addr,
+                authenticated=self.authenticated, final_hop=self.final_hop))
         except Exception as e:  # a bug or an OS error: defer, log, keep serving
             self.rt.count("errors")
             log.exception("%s: internal error inspecting message", self.queue_id or "NOQUEUE")

@@ -22,9 +22,10 @@ from mailwarden.inspect import (
     MessageModel,
     inspect_message,
 )
-from mailwarden.rules import antivirus, attachments
+from mailwarden.rules import antivirus, attachments, forwarding
 from mailwarden.rules.antivirus import AntivirusSettings
 from mailwarden.rules.attachments import AttachmentSettings
+from mailwarden.rules.forwarding import ForwardInputs, ForwardSettings
 from mailwarden.verdict import Action, Verdict, defer
 
 TIMEOUT_RULE = "content.timeout"
@@ -41,6 +42,7 @@ class ContentSettings:
     clamd_address: str
     scan_timeout_s: float
     budget_s: float
+    forwarding: ForwardSettings
 
     @classmethod
     def from_config(cls, cfg: Config) -> ContentSettings:
@@ -78,7 +80,21 @@ class ContentSettings:
             clamd_address=cfg["antivirus.clamd"],
             scan_timeout_s=cfg["antivirus.timeout"],
             budget_s=cfg["milter.content_budget"],
+            forwarding=forwarding.settings_from_values(
+                cfg.values, p.cite(p.forwarding_article)),
         )
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the SMTP session says about the message (the milter's macros and commands)."""
+
+    mail_from: str = ""
+    recipients: tuple[str, ...] = ()
+    original_recipients: tuple[str, ...] = ()  # ORCPT per recipient, "" when none
+    client_addr: str = ""
+    authenticated: bool = False
+    final_hop: bool = False  # the hop after address rewriting (conf/postfix/final-hop/)
 
 
 @dataclass
@@ -106,7 +122,34 @@ def _default_scanner(address: str) -> Scanner:
     return scan
 
 
+def _forwarding(headers: list[tuple[str, str]], env: Envelope,
+                s: ForwardSettings) -> list[Verdict]:
+    inputs = ForwardInputs(
+        headers=headers, mail_from=env.mail_from, recipients=env.recipients,
+        client_addr=env.client_addr, authenticated=env.authenticated,
+        from_our_mailbox_hosts=forwarding.is_mailbox_host(env.client_addr, s),
+        original_recipients=env.original_recipients, final_hop=env.final_hop)
+    return list(forwarding.decide(inputs, s).verdicts)
+
+
+def top_level_headers(message: BinaryIO, limit: int = 256 * 1024) -> list[tuple[str, str]]:
+    """The header block only (the final hop needs nothing else), bounded."""
+    from email.parser import BytesHeaderParser
+    from email.policy import compat32
+
+    message.seek(0)
+    block = bytearray()
+    while len(block) < limit:
+        line = message.readline(limit)
+        if not line or line in (b"\r\n", b"\n"):
+            break
+        block += line
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(bytes(block))
+    return [(k, str(v)) for k, v in parsed.items()]
+
+
 def evaluate(message: BinaryIO, s: ContentSettings, *, scanner: Scanner | None = None,
+             envelope: Envelope | None = None,
              clock: Callable[[], float] = time.monotonic) -> Evaluation:
     """Inspect, apply the attachment rules, and scan each decoded part with clamd.
 
@@ -116,6 +159,12 @@ def evaluate(message: BinaryIO, s: ContentSettings, *, scanner: Scanner | None =
     (defects) is also scanned raw, so a part we failed to decode is still seen.
     """
     start = clock()
+    if envelope is not None and envelope.final_hop:
+        # Content was judged on the first pass; after rewriting only forwarding matters.
+        result = Evaluation()
+        result.verdicts = _forwarding(top_level_headers(message), envelope, s.forwarding)
+        result.elapsed_s = clock() - start
+        return result
     deadline = start + s.budget_s
     scan = scanner or _default_scanner(s.clamd_address)
     result = Evaluation()
@@ -140,6 +189,8 @@ def evaluate(message: BinaryIO, s: ContentSettings, *, scanner: Scanner | None =
     model = inspect_message(message, s.limits, deadline, on_part=on_part, clock=clock)
     result.model = model
     result.verdicts.extend(attachments.decide(model, s.attachments))
+    if envelope is not None:
+        result.verdicts.extend(_forwarding(model.headers, envelope, s.forwarding))
 
     if s.scan and (model.defects or result.scanned_parts == 0) and \
             not any(o.infected for o in outcomes):
