@@ -152,7 +152,7 @@ class PolicyServer:
             async with asyncio.timeout(self.answer_timeout):
                 return await self.service.handle(attrs)
         except TimeoutError as e:
-            return self.service._backend_failure(
+            return self.service.backend_failure(
                 attrs, attrs.get("protocol_state", "").upper(),
                 TimeoutError(f"no answer within {self.answer_timeout:g}s") if not str(e) else e)
         except Exception:

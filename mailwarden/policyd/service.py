@@ -98,7 +98,7 @@ class PolicyService:
             if state == "END-OF-MESSAGE":
                 return await self._end_of_message(attrs)
         except (RedisError, OSError, TimeoutError) as e:
-            return self._backend_failure(attrs, state, e)
+            return self.backend_failure(attrs, state, e)
         return DUNNO
 
     # -- RCPT ----------------------------------------------------------------
@@ -177,7 +177,7 @@ class PolicyService:
         log.warning("%s", self._line(attrs, stage, v))
         return v.reply
 
-    def _backend_failure(self, attrs: Mapping[str, str], stage: str, e: BaseException) -> str:
+    def backend_failure(self, attrs: Mapping[str, str], stage: str, e: BaseException) -> str:
         self.stats.redis_errors += 1
         why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         if self.on_error_defer and stage == "RCPT":
