@@ -1,0 +1,159 @@
+"""The one call the milter makes at end of message: sign ours, check theirs.
+
+    auth = Authenticator.from_config(cfg)        # at start: DkimKeyError/ValueError = fatal
+    outcome = auth.process(spool, client_ip=..., helo=..., mail_from=..., ours=...)
+    # outcome.verdicts -> the milter's _apply (with the content verdicts)
+    # for (name, index) in outcome.remove_headers: chgheader(name, index, "")
+    # for field in outcome.add_headers: insheader(0, field.name, field.milter_value)
+    #     (add_headers is in top-down order: insert the last one first, or the
+    #      list reversed at index 0, so add_headers[0] ends on top)
+
+Our own senders' mail (authenticated, or from a trusted host) is signed with the
+From: domain's keys; everything else is authenticated (SPF, DKIM, DMARC), gets
+our Authentication-Results field, and goes through rules/authentication.py. Any
+incoming Authentication-Results field claiming our authserv-id is removed from
+every message.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import dkim
+
+from mailwarden.auth import authres
+from mailwarden.auth.dkim_sign import DkimSignError, KeyRing, load_keys
+from mailwarden.auth.dmarc import PublicSuffixes
+from mailwarden.auth.dns import Lookup, Resolver
+from mailwarden.auth.results import AuthResults, HeaderField
+from mailwarden.auth.verify import VerifySettings, authenticate, from_domains, read_headers
+from mailwarden.rules import authentication
+from mailwarden.rules.authentication import AuthRuleSettings
+from mailwarden.verdict import Verdict
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    authserv_id: str
+    verify: bool  # check inbound mail (auth.enabled)
+    checks: VerifySettings
+    rules: AuthRuleSettings
+    psl: PublicSuffixes
+
+
+@dataclass
+class AuthOutcome:
+    verdicts: list[Verdict] = field(default_factory=list)
+    add_headers: list[HeaderField] = field(default_factory=list)  # top-down order
+    remove_headers: list[tuple[str, int]] = field(default_factory=list)  # (name, 1-based)
+    results: AuthResults | None = None  # None for our own senders
+    signed: tuple[str, ...] = ()  # "d=ninhbinh.gov.vn s=mail2025 a=rsa-sha256", ...
+    note: str = ""  # why ours was not signed, for the log
+    elapsed_s: float = 0.0
+
+    def log_detail(self) -> dict[str, str]:
+        """key=value pairs for the decision log line."""
+        out: dict[str, str] = {}
+        if self.results is not None:
+            out["auth"] = self.results.summary()
+        if self.signed:
+            out["dkim_signed"] = ",".join(self.signed)
+        if self.note:
+            out["dkim_note"] = self.note
+        if self.remove_headers:
+            out["removed_authres"] = str(len(self.remove_headers))
+        return out
+
+
+class Authenticator:
+    def __init__(self, settings: AuthSettings, lookup: Lookup, keys: KeyRing | None = None,
+                 *, rand: Callable[[], float] = random.random,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.lookup = lookup
+        self.keys = keys or KeyRing()
+        self.rand = rand
+        self.clock = clock
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Authenticator:
+        """Build from the [dns], [auth] and [dkim] keys (docs/authentication.md).
+
+        Reads the DKIM keys and the public suffix list: raises DkimKeyError or
+        OSError/ValueError with the file and the reason, to be fatal at start.
+        """
+        p = cfg.profile
+        resolver = Resolver(cfg["dns.nameservers"], timeout_s=cfg["dns.timeout"],
+                            attempts=cfg["dns.attempts"], cache_size=cfg["dns.cache_size"],
+                            max_ttl_s=cfg["dns.max_ttl"])
+        settings = AuthSettings(
+            authserv_id=cfg["auth.authserv_id"] or socket.gethostname(),
+            verify=cfg["auth.enabled"],
+            checks=VerifySettings(spf_budget_s=cfg["auth.spf_budget"],
+                                  max_signatures=cfg["auth.max_signatures"]),
+            rules=AuthRuleSettings(
+                local_domains=tuple(cfg["domains.local"]),
+                include_subdomains=cfg["domains.include_subdomains"],
+                citation=p.cite(p.antivirus_article),
+                enforce=cfg["auth.mode"] == "enforce",
+                dmarc_reject=cfg["auth.dmarc_reject"],
+                spf_fail_reject=cfg["auth.spf_fail"] == "reject",
+                dns_error_defer=cfg["auth.on_dns_error"] == "defer",
+            ),
+            psl=PublicSuffixes.from_setting(cfg["auth.public_suffix_file"]),
+        )
+        return cls(settings, resolver, load_keys(cfg["dkim.keys"]))
+
+    def process(self, message: BinaryIO | bytes, *, client_ip: str, helo: str,
+                mail_from: str, ours: bool) -> AuthOutcome:
+        start = self.clock()
+        raw = _read(message)
+        headers = read_headers(raw)
+        out = AuthOutcome()
+        out.remove_headers = [(authres.NAME, i) for i in
+                              authres.forged_indices(headers, self.settings.authserv_id)]
+        if ours:
+            self._sign(raw, headers, out)
+        elif self.settings.verify:
+            results = authenticate(raw, self.lookup, client_ip=client_ip, helo=helo,
+                                   mail_from=mail_from, psl=self.settings.psl,
+                                   settings=self.settings.checks, rand=self.rand)
+            out.results = results
+            out.add_headers.append(authres.render(results, self.settings.authserv_id))
+            out.verdicts = authentication.decide(results, self.settings.rules, ours=False)
+        out.elapsed_s = self.clock() - start
+        return out
+
+    def _sign(self, raw: bytes, headers: Sequence[tuple[str, str]], out: AuthOutcome) -> None:
+        domains = from_domains(headers)
+        if not self.keys.keys:
+            return
+        if len(set(domains)) != 1:
+            out.note = "no single From: domain" if domains else "no From: address"
+            return
+        keys = self.keys.for_domain(domains[0])
+        if not keys:
+            out.note = f"no key for {domains[0]}"
+            return
+        try:
+            fields = self.keys.sign(raw, domains[0])
+        except (DkimSignError, dkim.DKIMException) as e:
+            out.note = f"not signed: {e}"[:200]
+            return
+        out.add_headers.extend(fields)
+        out.signed = tuple(f"d={k.domain} s={k.selector} a={k.algorithm}" for k in keys)
+
+
+def _read(message: BinaryIO | bytes) -> bytes:
+    if isinstance(message, bytes | bytearray | memoryview):
+        return bytes(message)
+    message.seek(0)
+    data = message.read()
+    message.seek(0)
+    return data
+
