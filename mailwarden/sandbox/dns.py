@@ -281,10 +281,14 @@ class DnsServer:
         def alive() -> bool:
             return self.proc is not None and self.proc.poll() is None
 
-        procs.wait_until(self.port_file.exists, 15, "dns server (port file)", alive=alive,
-                         log=self.log)
-        self.port = int(self.port_file.read_text())
-        procs.wait_until(self._serves_serial, 15, "dns server", alive=alive, log=self.log)
+        try:
+            procs.wait_until(self.port_file.exists, 15, "dns server (port file)", alive=alive,
+                             log=self.log)
+            self.port = int(self.port_file.read_text())
+            procs.wait_until(self._serves_serial, 15, "dns server", alive=alive, log=self.log)
+        except BaseException:
+            self.stop()  # a server that never became ready is not left behind
+            raise
         return self
 
     def stop(self) -> None:

@@ -340,6 +340,34 @@ def test_concurrent_messages_keep_their_own_results(resolver: Resolver,
     assert errors == []
 
 
+def test_a_server_that_never_serves_is_stopped(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    s = DnsServer(tmp_path / "dns")
+    started: list[int] = []
+    real_spawn = procs.spawn
+
+    def spawn(*args: Any, **kwargs: Any) -> Any:
+        proc = real_spawn(*args, **kwargs)
+        started.append(proc.pid)
+        return proc
+
+    monkeypatch.setattr(procs, "spawn", spawn)
+    monkeypatch.setattr(s, "_serves_serial", lambda: False)
+    monkeypatch.setattr(procs, "wait_until", _short_wait(procs.wait_until))
+    with pytest.raises(procs.StartError):
+        s.start()
+    assert s.proc is None and len(started) == 1
+    with pytest.raises(ProcessLookupError):
+        os.kill(started[0], 0)
+
+
+def _short_wait(real: Any) -> Any:
+    def wait(probe: Any, timeout_s: float, *args: Any, **kwargs: Any) -> None:
+        real(probe, min(timeout_s, 1.0), *args, **kwargs)
+
+    return wait
+
+
 def test_server_is_stopped_by_pid(tmp_path: Path) -> None:
     s = DnsServer(tmp_path / "dns").start()
     assert s.proc is not None
