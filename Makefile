@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := redis-server postfix clamav-daemon clamav clamav-testfiles \
-	libmilter-dev python3-dev python3-venv gcc swaks p7zip-full zip unzip
+	libmilter-dev python3-dev python3-venv gcc swaks p7zip-full zip unzip publicsuffix
 PYTEST_ARGS ?=
 
 .PHONY: run test deps venv lint typecheck bench-policyd clean

@@ -163,6 +163,25 @@ def cmd_forwarding(args: argparse.Namespace, cfg: Config) -> int:
     return forwarding_audit.main(args, cfg.values, citation=p.cite(p.forwarding_article))
 
 
+def cmd_dkim(args: argparse.Namespace, cfg: Config) -> int:
+    from mailwarden.auth.dkim_sign import keygen
+
+    try:
+        path, record = keygen(args.domain, args.selector, args.dir, owner_user=args.user,
+                              algorithm=args.algorithm)
+    except (OSError, ValueError) as e:
+        print(f"mailwarden: dkim keygen: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"# private key written to {path} (mode 0600)")
+    print("# add to mailwarden.toml:")
+    print(f'#   [[dkim.keys]]\n#   domain = "{args.domain}"\n#   selector = "{args.selector}"'
+          f'\n#   key_file = "{path}"' + (f'\n#   algorithm = "{args.algorithm}"'
+                                           if args.algorithm != "rsa-sha256" else ""))
+    print("# publish this TXT record in the domain's zone:")
+    print(record)
+    return EXIT_OK
+
+
 def _daemonize(args: argparse.Namespace, cfg: Config, name: str, run: Callable[[], int]) -> int:
     """Detach for hosts without systemd (pidfile, umask, cwd /, closed descriptors)."""
     import daemon
@@ -313,6 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     forwarding_audit.add_arguments(fa)
 
+    kd = sub.add_parser("dkim", help="DKIM tools")
+    ksub = kd.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
+    kg = ksub.add_parser("keygen", help="write a private key (0600) and print the DNS TXT "
+                         "record to publish")
+    kg.add_argument("domain")
+    kg.add_argument("selector")
+    kg.add_argument("--dir", default="/etc/mailwarden/dkim", help="where the key goes")
+    kg.add_argument("--user", default="mailwarden",
+                    help="owner of the key file, if that user exists (default mailwarden)")
+    kg.add_argument("--algorithm", choices=("rsa-sha256", "ed25519-sha256"),
+                    default="rsa-sha256")
+
     c = sub.add_parser("config", help="check the config or print the annotated sample")
     c.add_argument("action", choices=("check", "sample", "reference"))
     c.add_argument("--config", "-c", dest="sub_config", metavar="FILE")
@@ -337,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "policyd": cmd_policyd, "milter": cmd_milter, "check": cmd_check, "locks": cmd_locks,
     "lock": cmd_lock, "unlock": cmd_unlock, "status": cmd_status, "audit": cmd_audit,
-    "forwarding": cmd_forwarding,
+    "forwarding": cmd_forwarding, "dkim": cmd_dkim,
 }
 
 

@@ -78,6 +78,27 @@ def _redis_url(v: Any) -> None:
         raise ValueError("must be a redis://host:port/db, rediss://... or unix:///path URL")
 
 
+def _auth_check(name: str) -> Check:
+    """Validators that live with the auth code (imported lazily: dnspython, dkimpy)."""
+
+    def check(v: Any) -> None:
+        from mailwarden.auth import authres, dkim_sign, dns
+
+        if name == "nameservers":
+            dns.check_nameservers(v)
+        elif name == "authserv_id" and v:
+            authres.check_authserv_id(v)
+        elif name == "dkim_keys":
+            dkim_sign.check_key_tables(v)
+
+    return check
+
+
+def _not_negative(v: Any) -> None:
+    if v < 0:
+        raise ValueError("must be 0 or more")
+
+
 def _overrides(v: Any) -> None:
     for account, entry in v.items():
         if "@" not in account:
@@ -252,6 +273,48 @@ SCHEMA: tuple[Key, ...] = (
         "`forwarding audit`: .forward files (globs).", _strings),
     Key("forwarding.sieve_scripts", "list", ["/home/*/sieve", "/home/*/.dovecot.sieve"],
         "`forwarding audit`: Sieve scripts or directories of them (globs).", _strings),
+    # -- dns ----------------------------------------------------------------
+    Key("dns.nameservers", "list", [],
+        'Resolvers for SPF/DKIM/DMARC: "IP", "IP:PORT", "[IPv6]:PORT"; empty = '
+        "/etc/resolv.conf.", _auth_check("nameservers"), example='["127.0.0.1"]'),
+    Key("dns.timeout", "duration", 2.0,
+        "One query to one nameserver; running out is a temperror (never a 5xx).", _positive),
+    Key("dns.attempts", "int", 2, "Tries per nameserver before a temperror.", _positive),
+    Key("dns.cache_size", "int", 10_000, "Answers cached by TTL (LRU); 0 = no cache.",
+        _not_negative),
+    Key("dns.max_ttl", "duration", 3600.0, "Longest time an answer is cached.", _positive),
+    # -- auth ---------------------------------------------------------------
+    Key("auth.enabled", "bool", True,
+        "Check inbound mail (SPF, DKIM, DMARC), add Authentication-Results, refuse spoofing "
+        "of our own domains (Dieu 10.2.d)."),
+    Key("auth.authserv_id", "str", "",
+        "Our authserv-id in Authentication-Results; empty = the host name.",
+        _auth_check("authserv_id"), example='"mail.ninhbinh.gov.vn"'),
+    Key("auth.mode", "str", "enforce", "enforce or monitor (log what would be refused).",
+        _choices("enforce", "monitor")),
+    Key("auth.spf_fail", "str", "record",
+        "SPF fail of a foreign domain: record (forwarders break SPF) or reject.",
+        _choices("record", "reject")),
+    Key("auth.dmarc_reject", "bool", False,
+        "Honour DMARC p=reject of foreign domains with a 550; false = logged only."),
+    Key("auth.on_dns_error", "str", "defer",
+        "A DNS temperror in a check that could refuse: defer (451 4.7.1) or accept (logged).",
+        _choices("defer", "accept")),
+    Key("auth.spf_budget", "duration", 20.0, "Total time for one SPF evaluation.", _positive),
+    Key("auth.max_signatures", "int", 10, "DKIM signatures verified per message.", _positive),
+    Key("auth.max_message_bytes", "size", 16 * 1024 * 1024,
+        "DKIM signs and verifies whole messages in memory (~3x their size); bigger messages "
+        "are passed unsigned/unchecked with a log note.", _positive),
+    Key("auth.public_suffix_file", "str", "",
+        "Public suffix list for DMARC; empty = Debian's publicsuffix package if installed, "
+        "else a small built-in list."),
+    # -- dkim ---------------------------------------------------------------
+    Key("dkim.keys", "list", [],
+        "[[dkim.keys]] tables: domain, selector, key_file, optional algorithm "
+        '("rsa-sha256" or "ed25519-sha256"); create keys with `mailwarden dkim keygen`.',
+        _auth_check("dkim_keys"),
+        example='[{ domain = "ninhbinh.gov.vn", selector = "mail2026", '
+                'key_file = "/etc/mailwarden/dkim/ninhbinh.gov.vn.mail2026.key" }]'),
     # -- redis --------------------------------------------------------------
     Key("redis.url", "str", "redis://127.0.0.1:6379/0",
         "Redis holding counters and locks: redis://, rediss:// or unix:///path?db=0.",
@@ -430,12 +493,11 @@ def render_value(key: Key, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    plain = Key("", "", "", "")
     if isinstance(value, list):
-        return "[" + ", ".join(render_value(Key("", "str", "", ""), v) for v in value) + "]"
-    if isinstance(value, dict):
-        inner = ", ".join(f'"{k}" = {{ ' + ", ".join(
-            f"{kk} = {render_value(Key('', 'str', '', ''), vv)}" for kk, vv in v.items()) + " }"
-            for k, v in value.items())
+        return "[" + ", ".join(render_value(plain, v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table; keys quoted (they may be addresses)
+        inner = ", ".join(f'"{k}" = {render_value(plain, v)}' for k, v in value.items())
         return "{ " + inner + " }" if inner else "{}"
     return str(value)
 
@@ -445,7 +507,8 @@ def sample_config() -> str:
     out = [
         "# mailwarden configuration. Generated from the schema in mailwarden/config.py",
         "# (`mailwarden config sample`); every key is shown with its default.",
-        "# Commented-out keys take their value from the regulation profile.",
+        "# Commented-out keys take their value from the regulation profile, or are off",
+        "# until set (the example shows the form).",
         "# Check a changed file with: mailwarden config check --config FILE",
     ]
     section = ""

@@ -9,6 +9,7 @@ never a silent pass (milter_default_action = tempfail covers a dead milter).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import tempfile
 import threading
@@ -43,6 +44,13 @@ class Runtime:
 
             self.releaser = SyncReleaser(cfg["redis.url"], prefix=cfg["redis.key_prefix"],
                                          timeout_s=cfg["redis.timeout"])
+        from mailwarden.auth.engine import Authenticator
+
+        # Reads the DKIM keys and the public suffix list: a problem is fatal at start.
+        self.auth = Authenticator.from_config(cfg)
+        self.auth_max_bytes = cfg["auth.max_message_bytes"]
+        self.trusted = tuple(ipaddress.ip_network(n, strict=False)
+                             for n in cfg["policyd.trusted_networks"])
         self.stats_lock = threading.Lock()
         self.stats = {"messages": 0, "reject": 0, "defer": 0, "errors": 0}
 
@@ -70,6 +78,7 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         self.client_name = ""
         self.client_addr = ""
         self.final_hop = False
+        self.helo = ""
         self._reset()
 
     def _reset(self) -> None:
@@ -79,7 +88,7 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         self.orcpts: list[str] = []
         self.spool: Any = None
         self.queue_id = ""
-        self.size_seen = 0
+        self.header_changes: tuple[Any, Any] = ([], [])
 
     # -- connection and envelope ---------------------------------------------
     @Milter.noreply
@@ -89,6 +98,11 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         self.client_addr = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else "unknown"
         daemon = _text(self.getsymval("{daemon_name}") or "")
         self.final_hop = daemon == self.rt.cfg["forwarding.final_hop_daemon_name"]
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def hello(self, hostname: str) -> int:
+        self.helo = hostname[:255]
         return Milter.CONTINUE
 
     def envfrom(self, mailfrom: str, *params: str) -> int:
@@ -139,9 +153,12 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
                 mail_from=self.sender, recipients=tuple(self.recipients),
                 original_recipients=tuple(self.orcpts), client_addr=self.client_addr,
                 authenticated=self.authenticated, final_hop=self.final_hop))
+            if not self.final_hop:
+                self._authenticate(result)
         except Exception as e:  # a bug or an OS error: defer, log, keep serving
             self.rt.count("errors")
             log.exception("%s: internal error inspecting message", self.queue_id or "NOQUEUE")
+            self.header_changes = ([], [])
             result = Evaluation(verdicts=[Verdict(
                 Action.DEFER, "internal.error", 451, "4.7.1",
                 "Loi tam thoi khi kiem tra thu, vui long thu lai sau. Temporary error "
@@ -149,6 +166,34 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         finally:
             self._close_spool()
         return self._apply(result.verdicts, "EOM")
+
+    def _ours(self) -> bool:
+        """Sent by one of our users (SASL) or our trusted hosts: sign, don't verify."""
+        if self.authenticated:
+            return True
+        try:
+            ip = ipaddress.ip_address(self.client_addr)
+        except ValueError:
+            return False
+        return any(ip in n for n in self.rt.trusted)
+
+    def _authenticate(self, result: Evaluation) -> None:
+        """DKIM sign ours / SPF+DKIM+DMARC theirs; header changes only if accepted."""
+        spool = self._spool()
+        spool.seek(0, 2)
+        size = spool.tell()
+        if size > self.rt.auth_max_bytes:
+            log.info("%s: authentication skipped: message of %d bytes is over "
+                     "auth.max_message_bytes", self.queue_id or "NOQUEUE", size)
+            return
+        outcome = self.rt.auth.process(spool, client_ip=self.client_addr, helo=self.helo,
+                                       mail_from=self.sender, ours=self._ours())
+        result.verdicts.extend(outcome.verdicts)
+        self.header_changes = (outcome.remove_headers, outcome.add_headers)
+        detail = outcome.log_detail()
+        if detail and self.rt.log_accepts:
+            log.info("%s: auth: %s", self.queue_id or "NOQUEUE",
+                     " ".join(f"{k}={logs.quote(v)}" for k, v in detail.items()))
 
     def abort(self) -> int:
         self._close_spool()
@@ -191,6 +236,8 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
                 level = logging.ERROR
             log.log(level, "%s", self._line(v, stage))
         if decisive is None:
+            if stage == "EOM":
+                self._change_headers()
             if self.rt.log_accepts and stage == "EOM":
                 log.info("%s", logs.decision_line(
                     queue_id=self.queue_id, action="accept", stage=stage,
@@ -208,6 +255,22 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         if stage == "EOM":
             self._release()
         return Milter.TEMPFAIL
+
+    def _change_headers(self) -> None:
+        """Remove forged Authentication-Results; add ours / the DKIM signatures on top."""
+        remove, add = self.header_changes
+        try:
+            for name, index in remove:
+                self.chgheader(name, index, "")
+            for field in reversed(add):  # pymilter: addheader with an index = smfi_insheader
+                # With header_leading_space negotiated, Postfix takes the value as is:
+                # the space after the colon is ours to give.
+                value = field.milter_value
+                if not value.startswith((" ", "\t")):
+                    value = " " + value
+                self.addheader(field.name, value, 0)
+        except Exception:  # the verdict stands; a header we could not change is logged
+            log.exception("%s: could not change headers", self.queue_id or "NOQUEUE")
 
     def _release(self) -> None:
         """A refused message was already counted by policyd at END-OF-MESSAGE."""
