@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -107,9 +108,13 @@ def milter_module(clamd: ClamdInstance) -> Iterator[MilterStack]:
 
 @pytest.fixture
 def milter_stack(milter_module: MilterStack) -> MilterStack:
-    """The module's stack with an empty sink."""
+    """The module's stack with an empty sink (after the previous test's mail has left)."""
+    deadline = time.monotonic() + 30
+    while "Mail queue is empty" not in milter_module.postfix.queue():
+        assert time.monotonic() < deadline, milter_module.postfix.queue()
+        time.sleep(0.05)
     for f in milter_module.sink.dir.iterdir():
-        f.unlink()
+        f.unlink(missing_ok=True)
     return milter_module
 
 
