@@ -56,24 +56,26 @@ def stack(postfix_dir: Path, tmp_path: Path, clamd: ClamdInstance, sink: Sink,
     zone = (f'{LOCAL}. IN TXT "v=spf1 ip4:192.0.2.0/24 -all"\n'
             f'_dmarc.{LOCAL}. IN TXT "v=DMARC1; p=reject"\n{record}\n')
     dns = DnsServer(tmp_path / "dns", zone).start()
+    request_stop = [dns.stop]
     sock = f"unix:{postfix_dir}/milter.sock"
-    config = write_config(postfix_dir / "mailwarden.toml", {
-        "milter.listen": sock, "milter.socket_mode": "0666", "antivirus.clamd": clamd.address,
-        "milter.release_on_refusal": False, "logging.level": "info",
-        "logging.log_accepts": True,
-        "policyd.trusted_networks": ["127.0.0.1/32"],  # only the harness host itself
-        "dns.nameservers": [dns.address], "dns.timeout": 0.3, "dns.attempts": 1,
-        "auth.authserv_id": AUTHSERV,
-        "dkim.keys": [{"domain": LOCAL, "selector": "mail2026", "key_file": str(key)}]})
-    milter = Daemon("milter", config, sock, postfix_dir / "milter.log").start()
     try:
+        config = write_config(postfix_dir / "mailwarden.toml", {
+            "milter.listen": sock, "milter.socket_mode": "0666",
+            "antivirus.clamd": clamd.address, "milter.release_on_refusal": False,
+            "logging.level": "info", "logging.log_accepts": True,
+            "policyd.trusted_networks": ["127.0.0.1/32"],  # only the harness host itself
+            "dns.nameservers": [dns.address], "dns.timeout": 0.3, "dns.attempts": 1,
+            "auth.authserv_id": AUTHSERV,
+            "dkim.keys": [{"domain": LOCAL, "selector": "mail2026", "key_file": str(key)}]})
+        milter = Daemon("milter", config, sock, postfix_dir / "milter.log").start()
+        request_stop.insert(0, milter.stop)
         pf = postfix_factory(milter=sock, main_cf_extra={
             # 8-bit to quoted-printable conversion after signing would break signatures
             "disable_mime_output_conversion": "yes"})
         yield Stack(pf, milter, sink, dns)
     finally:
-        milter.stop()
-        dns.stop()
+        for stop in request_stop:
+            stop()
 
 
 def data_reply(t: Transaction) -> str:
