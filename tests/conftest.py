@@ -1,7 +1,14 @@
-"""Fixtures for the real servers: private instances on loopback, stopped by PID."""
+"""Fixtures for the real servers: private instances on loopback, stopped by PID.
+
+A fixture that needs a program (redis-server, postfix, clamd) or root FAILS
+with the reason when it is missing: CI installs them (`make test`), and a
+silent skip would hide untested code. Tests that use none of these fixtures
+(unit tests) run anywhere.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,35 +22,23 @@ from mailwarden.sandbox.postfix import PostfixInstance
 from mailwarden.sandbox.redis import RedisInstance
 from mailwarden.sandbox.sink import Sink
 
-REQUIRED = ("redis-server", "postfix", "clamd", "sigtool")
+
+def require(*programs: str, root: bool = False) -> None:
+    missing = [p for p in programs
+               if shutil.which(p) is None and not Path("/usr/sbin", p).exists()]
+    if missing:
+        pytest.fail(f"missing programs {missing}: run `make test` (it installs them)",
+                    pytrace=False)
+    if root and os.geteuid() != 0:
+        pytest.fail("a private Postfix runs as root: run the integration tests as root",
+                    pytrace=False)
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    missing = [b for b in REQUIRED if shutil.which(b) is None
-               and not Path(f"/usr/sbin/{b}").exists()]
-    if missing:  # fail loudly: CI installs these; a silent skip would hide untested code
-        raise pytest.UsageError(f"missing programs {missing}: run `make test` (installs them)")
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisInstance]:
-    with RedisInstance(tmp_path / "redis") as r:
-        yield r
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[Sink]:
-    s = Sink(tmp_path / "sink").start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture
-def postfix_dir() -> Iterator[Path]:
-    """A directory Postfix's unprivileged daemons can traverse (pytest's tmp is 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="mailwarden-postfix-"))
+@pytest.fixture(scope="session")
+def sandbox_root() -> Iterator[Path]:
+    """One 0755 directory under /tmp for the session's private servers: Postfix's
+    unprivileged daemons must traverse it (pytest's own tmp dirs are 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="mailwarden-sandbox-"))
     d.chmod(0o755)
     try:
         yield d
@@ -52,11 +47,40 @@ def postfix_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
+def postfix_dir(sandbox_root: Path) -> Iterator[Path]:
+    """A fresh 0755 directory per test, under `sandbox_root`."""
+    d = Path(tempfile.mkdtemp(prefix="t-", dir=sandbox_root))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisInstance]:
+    require("redis-server")
+    with RedisInstance(tmp_path / "redis") as r:
+        yield r
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[Sink]:
+    """A fresh sink (own mail dir, own port) per test."""
+    with Sink(tmp_path / "sink") as s:
+        yield s
+
+
+@pytest.fixture
 def postfix_factory(postfix_dir: Path, sink: Sink) -> Iterator[Callable[..., PostfixInstance]]:
+    """make(name="postfix", **PostfixInstance kwargs) -> a started private Postfix relaying
+    to this test's sink; every instance made is stopped (by master PID) at teardown."""
+    require("postfix", "postqueue", "postconf", root=True)
     started: list[PostfixInstance] = []
 
     def make(name: str = "postfix", **kwargs: Any) -> PostfixInstance:
-        pf = PostfixInstance(postfix_dir / name, relay_port=sink.port, **kwargs).start()
+        kwargs.setdefault("relay_port", sink.port)
+        pf = PostfixInstance(postfix_dir / name, **kwargs).start()
         started.append(pf)
         return pf
 
@@ -71,5 +95,6 @@ def postfix_factory(postfix_dir: Path, sink: Sink) -> Iterator[Callable[..., Pos
 def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdInstance]:
     """One private clamd for the session: unix socket + 127.0.0.1, 64 MiB StreamMaxLength,
     DisableCache yes, test signatures only (EICAR, clam.exe). Stopped by PID at the end."""
+    require("clamd", "sigtool")
     with ClamdInstance(tmp_path_factory.mktemp("clamd"), inet=True) as instance:
         yield instance

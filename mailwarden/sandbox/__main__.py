@@ -13,7 +13,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,31 +44,40 @@ def write_sandbox_config(path: Path, *, policyd: str, milter: str, redis_url: st
     })
 
 
-def follow(paths: list[Path], stop: threading.Event) -> None:
-    """Print new lines of the daemons' and Postfix's logs as they come."""
+def follow(paths: list[Path], done: threading.Event) -> None:
+    """Print the logs' new complete lines as they come, until `done` (then one last pass)."""
     offsets = {p: 0 for p in paths}
-    while not stop.is_set():
+    while True:
+        last = done.is_set()
         for p in paths:
-            if p.exists():
-                with open(p, "rb") as f:
-                    f.seek(offsets[p])
-                    data = f.read()
-                    offsets[p] += len(data)
-                for line in data.decode(errors="replace").splitlines():
-                    print(f"[{p.stem}] {line}", flush=True)
-        stop.wait(0.3)
+            if not p.exists():
+                continue
+            with open(p, "rb") as f:
+                f.seek(offsets[p])
+                data = f.read()
+            end = data.rfind(b"\n") + 1  # a line still being written waits for its end
+            offsets[p] += end
+            for line in data[:end].decode(errors="replace").splitlines():
+                print(f"[{p.stem}] {line}", flush=True)
+        if last:
+            return
+        done.wait(0.3)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mailwarden.sandbox", description=__doc__)
     ap.add_argument("--dir", default="sandbox", help="where everything lives (default ./sandbox)")
     ap.add_argument("--port", type=int, default=SMTP_PORT)
-    ap.add_argument("--no-milter", action="store_true", help="policy daemon only")
+    ap.add_argument("--no-milter", action="store_true", help="without clamd and the milter")
+    ap.add_argument("--no-policyd", action="store_true",
+                    help="without the policy daemon (Postfix asks no policy service)")
     args = ap.parse_args(argv)
 
     root = Path(args.dir).resolve()
     for sub in ("postfix", "redis", "clamd"):
         shutil.rmtree(root / sub, ignore_errors=True)  # fresh queue and state each run
+    for log in ("policyd.log", "milter.log", "sink.log"):
+        (root / log).unlink(missing_ok=True)  # this run's lines only; mail/ is kept
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)  # Postfix's unprivileged daemons reach the sockets in here
     started: list[Stoppable] = []
@@ -95,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             root / "mailwarden.toml", policyd=f"unix:{root}/policyd.sock",
             milter=f"unix:{root}/milter.sock", redis_url=redis.url,
             clamd=clamd.address if clamd else "unix:/nonexistent")
-        print("starting mailwarden policyd ...", flush=True)
-        policyd = Daemon("policyd", config, f"unix:{root}/policyd.sock",
-                         root / "policyd.log").start()
-        started.append(policyd)
+        policyd = None
+        if not args.no_policyd:
+            print("starting mailwarden policyd ...", flush=True)
+            policyd = Daemon("policyd", config, f"unix:{root}/policyd.sock",
+                             root / "policyd.log").start()
+            started.append(policyd)
         milter = None
         if not args.no_milter:
             print("starting mailwarden milter ...", flush=True)
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             started.append(milter)
         print(f"starting postfix on 127.0.0.1:{args.port} ...", flush=True)
         postfix = PostfixInstance(root / "postfix", relay_port=sink.port, smtpd_port=args.port,
-                                  policy=f"unix:{root}/policyd.sock",
+                                  policy=f"unix:{root}/policyd.sock" if policyd else None,
                                   milter=f"unix:{root}/milter.sock" if milter else None).start()
         started.append(postfix)
     except Exception as e:
@@ -116,21 +126,25 @@ def main(argv: list[str] | None = None) -> int:
             s.stop()
         return 1
 
+    logs = [postfix.maillog]
+    logs += [root / "policyd.log"] if policyd else []
+    logs += [root / "milter.log"] if milter else []
     print(f"""
 mailwarden sandbox is up (Ctrl-C stops everything).
   SMTP:    127.0.0.1:{args.port}   (Postfix, relays accepted mail to the sink)
   mail:    {sink.dir}/   (NNNNNN.eml byte for byte + NNNNNN.json envelope)
-  logs:    {postfix.maillog}, {root}/policyd.log, {root}/milter.log (followed below)
+  logs:    {", ".join(map(str, logs))} (followed below)
   config:  {config}   (limit {SANDBOX_LIMIT} external recipients / 10m)
+  daemons: {"" if policyd else "NO "}policyd, {"" if milter else "NO "}milter
 
 Try:
   swaks --server 127.0.0.1:{args.port} --from someone@gmail.com --to alice@ninhbinh.gov.vn
-  swaks --server 127.0.0.1:{args.port} --xclient "LOGIN=alice@ninhbinh.gov.vn ADDR=10.20.30.40" \\
-        --from alice@ninhbinh.gov.vn --to friend@gmail.com
+  swaks --server 127.0.0.1:{args.port} --xclient-login alice@ninhbinh.gov.vn \\
+        --xclient-addr 10.20.30.40 --from alice@ninhbinh.gov.vn --to friend@gmail.com
   .venv/bin/mailwarden --config {config} locks
 """, flush=True)
-    logs = [postfix.maillog, root / "policyd.log"] + ([root / "milter.log"] if milter else [])
-    follower = threading.Thread(target=follow, args=(logs, stop), daemon=True)
+    followed = threading.Event()
+    follower = threading.Thread(target=follow, args=(logs, followed), daemon=True)
     follower.start()
     while not stop.is_set():
         for name, d in (("policyd", policyd), ("milter", milter)):
@@ -142,7 +156,8 @@ Try:
     print("\nstopping ...", flush=True)
     for s in reversed(started):
         s.stop()
-    time.sleep(0)  # let the follower see `stop`
+    followed.set()
+    follower.join(5)  # its last pass prints the shutdown lines
     print("sandbox stopped", flush=True)
     return 0
 

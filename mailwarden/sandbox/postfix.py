@@ -3,10 +3,21 @@
 Loopback only, no DNS, relays everything to a local sink, logs to its own
 file (no syslog on these machines). Started with `postfix start-fg` under our
 own process, so we hold the master's PID and stop it by that PID.
+
+Gotchas this module handles (see docs/sandbox.md):
+- `start-fg` runs master under a `postfix-script` shell that does not pass
+  SIGTERM on: we stop the master's PID from `QUEUE/pid/master.pid`.
+- Postfix re-reads a config file modified within the last second ("hot"
+  file, 300 ms steps, ~2 s per start): the files we write are back-dated.
+- `maillog_file` must lie under `maillog_file_prefixes`.
+- Postfix's unprivileged daemons (user postfix) must traverse the instance
+  directory to reach their sockets and the maillog: a 0700 parent breaks it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import socket
@@ -137,49 +148,122 @@ class PostfixInstance:
         for d in (self.config_dir, self.data_dir, self.queue_dir):
             d.mkdir(parents=True, exist_ok=True)
         lines = [f"{k} = {v}" for k, v in self.main_cf().items()]
-        (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n")
         master = MASTER_CF.format(smtpd_listen=f"127.0.0.1:{self.smtpd_port}")
-        (self.config_dir / "master.cf").write_text(master + self.master_cf_extra)
+        past = time.time() - 10  # not "hot": Postfix would wait until it is 1 s old
+        for name, text in (("main.cf", "\n".join(lines) + "\n"),
+                           ("master.cf", master + self.master_cf_extra)):
+            path = self.config_dir / name
+            path.write_text(text)
+            os.utime(path, (past, past))
         shutil.chown(self.data_dir, "postfix", "postfix")
+
+    def _check_traversable(self) -> None:
+        """Postfix's daemons run as user postfix: every parent must be o+x."""
+        for d in (self.dir, *self.dir.parents):
+            if not d.stat().st_mode & 0o001:
+                raise procs.StartError(
+                    f"{d} is not searchable by others (mode {d.stat().st_mode & 0o777:o}): "
+                    "Postfix's unprivileged daemons could not reach their sockets and log; "
+                    "put the instance under a 0755 directory")
 
     # -- lifecycle -----------------------------------------------------------
     def postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["postfix", "-c", str(self.config_dir), *args], check=check,
+        """`postfix -c DIR ARGS...`; with `check`, a failure raises with Postfix's words."""
+        done = subprocess.run(["postfix", "-c", str(self.config_dir), *args],
                               capture_output=True, text=True, timeout=60)
+        if check and done.returncode:
+            raise RuntimeError(f"postfix {' '.join(args)} failed ({done.returncode}): "
+                               f"{done.stdout}{done.stderr}")
+        return done
 
     def start(self) -> PostfixInstance:
+        if self.proc is not None:
+            raise RuntimeError("postfix instance already started")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._check_traversable()
+        if procs.tcp_ready("127.0.0.1", self.smtpd_port)():  # else our banner probe lies
+            raise procs.StartError(f"127.0.0.1:{self.smtpd_port} is already in use")
         self.write_config()
         self.maillog.touch()
+        pidfile = self.queue_dir / "pid" / "master.pid"
+        pidfile.unlink(missing_ok=True)  # a stale one from an earlier run would mislead us
         # `start-fg` checks the configuration and creates the queue's subdirectories with
         # Postfix's own ownership and modes; a fatal problem ends it (see master.out).
-        self.proc = procs.spawn(["postfix", "-c", str(self.config_dir), "start-fg"],
-                                self.dir / "master.out")
-        procs.wait_until(self._banner, 30, "postfix smtpd",
-                         alive=lambda: self.proc is not None and self.proc.poll() is None,
-                         log=self.maillog)
+        out = self.dir / "master.out"
+        self.proc = procs.spawn(["postfix", "-c", str(self.config_dir), "start-fg"], out)
+        try:
+            procs.wait_until(self._banner, 30, "postfix smtpd", alive=self._starting,
+                             log=self.maillog)
+        except procs.StartError as e:
+            self.stop()  # finds the master even though start did not finish
+            tail = out.read_text(errors="replace")[-2000:] if out.exists() else ""
+            raise procs.StartError(f"{e}\n--- {out}:\n{tail}") from None
         # `start-fg` runs master under a shell wrapper that does not pass SIGTERM on:
-        # the master's own PID (from its pid file) is what we stop.
-        self.master_pid = int((self.queue_dir / "pid" / "master.pid").read_text().strip())
+        # the master's own PID (from its pid file, written before it listens) is what we stop.
+        self.master_pid = self._find_master()
         return self
+
+    def _find_master(self) -> int:
+        """The master's PID: from its pid file (written before it listens), else the child
+        of our `postfix-script` wrapper; 0 when there is none."""
+        try:
+            return int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        if self.proc is None:
+            return 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                    return int(stat.parent.name)
+            except (OSError, ValueError, IndexError):
+                continue
+        return 0
+
+    def _starting(self) -> bool:
+        """Still worth waiting for: master runs and no daemon died of a fatal error (a bad
+        setting makes smtpd exit while master keeps restarting it, throttled)."""
+        return self.proc is not None and self.proc.poll() is None and \
+            re.search(r"postfix/\S+\[\d+\]: fatal: ", self.log_text()) is None
 
     def _banner(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.smtpd_port), timeout=2) as s:
+            with socket.create_connection(("127.0.0.1", self.smtpd_port), timeout=1) as s:
                 return s.recv(512).startswith(b"220")
         except OSError:
             return False
 
+    @property
+    def pid(self) -> int:
+        """The master daemon's PID (0 when stopped)."""
+        return self.master_pid
+
     def stop(self) -> None:
+        """SIGTERM the master by PID (it stops its children), then wait for the port."""
+        if not self.master_pid and self.proc is not None:
+            self.master_pid = self._find_master()  # a start that failed half-way
         if self.master_pid:
-            procs.stop_pid(self.master_pid, timeout_s=20)  # master stops its children
+            procs.stop_pid(self.master_pid, timeout_s=20)
             self.master_pid = 0
         if self.proc is not None:
             procs.stop(self.proc, timeout_s=20)
             self.proc = None
+        listening = procs.tcp_ready("127.0.0.1", self.smtpd_port)
+        procs.wait_until(lambda: not listening(), 10,
+                         f"postfix stopped (127.0.0.1:{self.smtpd_port} closed)")
 
     def reload(self) -> None:
+        """Rewrite main.cf/master.cf from the current attributes and `postfix reload`;
+        returns once master has logged the reload (new smtpd processes use the new
+        config; a session already open keeps the old one)."""
+        before = self.log_text().count("reload -- version")
         self.write_config()
         self.postfix("reload")
+        deadline = time.monotonic() + 15
+        while self.log_text().count("reload -- version") <= before:
+            if time.monotonic() > deadline:
+                raise AssertionError("postfix did not log its reload:\n" + self._tail())
+            time.sleep(0.02)
 
     def __enter__(self) -> PostfixInstance:
         return self.start()
@@ -191,8 +275,12 @@ class PostfixInstance:
     def log_text(self) -> str:
         return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""
 
+    def _tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
     def wait_for_log(self, pattern: str, timeout_s: float = 30.0) -> re.Match[str]:
-        rx = re.compile(pattern)
+        """First match of `pattern` (re.MULTILINE) in the maillog, polled until a deadline."""
+        rx = re.compile(pattern, re.MULTILINE)
         deadline = time.monotonic() + timeout_s
         while True:
             m = rx.search(self.log_text())
@@ -200,13 +288,30 @@ class PostfixInstance:
                 return m
             if time.monotonic() > deadline:
                 raise AssertionError(f"{pattern!r} not in maillog after {timeout_s}s:\n"
-                                     + "\n".join(self.log_text().splitlines()[-30:]))
+                                     + self._tail())
             time.sleep(0.05)
 
+    def postconf(self, *args: str) -> str:
+        """`postconf -c DIR ARGS...` (e.g. `postconf("-h", "relayhost")`); its stdout."""
+        return subprocess.run(["postconf", "-c", str(self.config_dir), *args], check=True,
+                              capture_output=True, text=True, timeout=30).stdout
+
     def queue(self) -> str:
+        """`postqueue -p`: the sendmail-style listing."""
         return subprocess.run(["postqueue", "-c", str(self.config_dir), "-p"],
                               capture_output=True, text=True, timeout=30).stdout
 
+    def queue_entries(self) -> list[dict[str, object]]:
+        """`postqueue -j`: one JSON object per queued message (queue_name, queue_id,
+        sender, recipients with delay_reason, ...)."""
+        out = subprocess.run(["postqueue", "-c", str(self.config_dir), "-j"], check=True,
+                             capture_output=True, text=True, timeout=30).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def queue_ids(self) -> list[str]:
+        return [str(e["queue_id"]) for e in self.queue_entries()]
+
     def flush(self) -> None:
-        subprocess.run(["postqueue", "-c", str(self.config_dir), "-f"], check=False,
+        """`postqueue -f`: retry every deferred message now."""
+        subprocess.run(["postqueue", "-c", str(self.config_dir), "-f"], check=True,
                        capture_output=True, timeout=30)

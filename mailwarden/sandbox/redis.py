@@ -1,11 +1,38 @@
-"""A private redis-server: own directory, unix socket (or loopback TCP), by PID."""
+"""A private redis-server: own directory, unix socket (or loopback TCP), by PID.
+
+`RedisInstance(dir)` listens on `dir/redis.sock` only (`port 0`); with
+`tcp=True` also on a free 127.0.0.1 port, and `.url` is then the TCP one.
+`stop()` then `start()` again reuses the same socket path, port and data
+directory ("Redis down, then back up"); with `appendonly=True` the data
+survives that restart. Ready means it answered PING, not merely that the
+socket accepts.
+"""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from mailwarden.sandbox import procs
+
+
+def ping_ready(address: str | tuple[str, int]) -> Callable[[], bool]:
+    """A probe that is true once the server at `address` answers PING with +PONG."""
+
+    def probe() -> bool:
+        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.settimeout(0.5)
+                s.connect(address)
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    return probe
 
 
 class RedisInstance:
@@ -24,22 +51,33 @@ class RedisInstance:
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
+        assert self.proc is not None, "redis-server is not running"
         return self.proc.pid
 
-    def start(self) -> RedisInstance:
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+    def argv(self) -> list[str]:
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--unixsocket", str(self.socket), "--unixsocketperm", "700",
                 "--dir", str(self.dir), "--save", "", "--daemonize", "no",
-                "--appendonly", "yes" if self.appendonly else "no", "--protected-mode", "yes"]
-        self.proc = procs.spawn(argv, self.log)
-        probe = procs.tcp_ready("127.0.0.1", self.port) if self.port else \
-            procs.unix_ready(self.socket)
-        procs.wait_until(probe, 15, "redis-server", alive=lambda: self.proc is not None
-                         and self.proc.poll() is None, log=self.log)
+                "--appendonly", "yes" if self.appendonly else "no",
+                "--protected-mode", "yes", "--logfile", ""]
+
+    def start(self) -> RedisInstance:
+        if self.proc is not None:
+            raise RuntimeError("redis-server already started")
+        self.proc = procs.spawn(self.argv(), self.log)
+        address: str | tuple[str, int] = ("127.0.0.1", self.port) if self.port else \
+            str(self.socket)
+        try:
+            procs.wait_until(ping_ready(address), 15, "redis-server",
+                             alive=lambda: self.proc is not None and self.proc.poll() is None,
+                             log=self.log)
+        except procs.StartError:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
+        """SIGTERM by PID and wait: redis-server exits, removing its socket."""
         if self.proc is not None:
             procs.stop(self.proc)
             self.proc = None

@@ -1,4 +1,9 @@
-"""Test-side SMTP client: which RCPT got which answer, and what DATA said."""
+"""Test-side SMTP client: which RCPT got which answer, and what DATA said.
+
+`send()` runs one transaction with stdlib smtplib and records every reply
+instead of raising, so a test sees exactly which recipient was refused with
+which code, and what the server answered after the message.
+"""
 
 from __future__ import annotations
 
@@ -12,48 +17,63 @@ class Transaction:
     mail: tuple[int, str] = (0, "")
     rcpt: dict[str, tuple[int, str]] = field(default_factory=dict)
     data: tuple[int, str] | None = None  # None: no recipient accepted, DATA not sent
+    disconnected: bool = False  # the server closed the connection (e.g. after a 421)
 
     @property
     def accepted(self) -> list[str]:
-        return [r for r, (code, _) in self.rcpt.items() if code < 300]
+        return [r for r, (code, _) in self.rcpt.items() if 200 <= code < 300]
+
+    @property
+    def refused_all(self) -> dict[str, tuple[int, str]]:
+        return {r: reply for r, reply in self.rcpt.items() if not 200 <= reply[0] < 300}
 
     def refused(self, rcpt: str) -> str:
+        """The reply to RCPT TO:<rcpt> as one string, e.g. "554 5.7.1 <x@...>: ..."."""
         code, text = self.rcpt[rcpt]
         return f"{code} {text}"
 
 
+def _reply(code: int, text: bytes | str) -> tuple[int, str]:
+    return code, text.decode(errors="replace") if isinstance(text, bytes) else text
+
+
 def send(port: int, sender: str, recipients: Sequence[str], message: bytes | None, *,
          login: str | None = None, client_addr: str = "10.20.30.40",
+         client_name: str = "pc1.test", helo: str = "pc1.test",
          mail_options: Sequence[str] = (), timeout: float = 60.0) -> Transaction:
-    """One SMTP transaction on 127.0.0.1:port; with `login`, as that SASL user (XCLIENT).
+    """One SMTP transaction on 127.0.0.1:port.
 
-    With message=None only MAIL and RCPT are sent (then RSET): a probe of the
-    RCPT-stage answers that delivers nothing.
+    login=None: no XCLIENT (the session comes from 127.0.0.1, inside mynetworks).
+    login="":   XCLIENT ADDR=client_addr NAME=client_name (an outside client, no login).
+    login=user: the same plus LOGIN=user (smtpd treats it as SASL-authenticated).
+    message=None: only MAIL and RCPT are sent (then RSET): a probe of the RCPT-stage
+    answers that delivers nothing. `mail_options` go on MAIL FROM (e.g. "BODY=8BITMIME",
+    "SMTPUTF8"). The message bytes are sent as given (smtplib dot-stuffs them and turns
+    bare LF into CRLF).
     """
     t = Transaction()
     with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as s:
-        s.ehlo("pc1.test")
-        if login is not None:
-            attrs = f"ADDR={client_addr} NAME=pc1.test"  # login "": a remote client, no login
-            code, text = s.docmd("XCLIENT", f"LOGIN={login} {attrs}" if login else attrs)
-            if code != 220:
-                raise RuntimeError(f"XCLIENT refused: {code} {text!r}")
-            s.ehlo("pc1.test")
-        code, text = s.mail(sender, list(mail_options))
-        t.mail = (code, text.decode(errors="replace"))
-        if code >= 300:
-            return t
-        for r in recipients:
-            code, text = s.rcpt(r)
-            t.rcpt[r] = (code, text.decode(errors="replace"))
-        if message is None:
-            s.rset()
-        elif t.accepted:
-            try:
-                code, text = s.data(message)
-            except smtplib.SMTPDataError as e:  # a refusal at end of data, kept as data
-                code = e.smtp_code
-                text = e.smtp_error if isinstance(e.smtp_error, bytes) else e.smtp_error.encode()
-            t.data = (code, text.decode(errors="replace"))
-        s.quit()
+        try:
+            s.ehlo(helo)
+            if login is not None:
+                attrs = f"ADDR={client_addr} NAME={client_name}"
+                code, text = s.docmd("XCLIENT", f"LOGIN={login} {attrs}" if login else attrs)
+                if code != 220:
+                    raise RuntimeError(f"XCLIENT refused: {code} {text!r}")
+                s.ehlo(helo)
+            t.mail = _reply(*s.mail(sender, list(mail_options)))
+            if t.mail[0] >= 300:
+                return t
+            for r in recipients:
+                t.rcpt[r] = _reply(*s.rcpt(r))
+            if message is None:
+                s.rset()
+            elif t.accepted:
+                try:
+                    t.data = _reply(*s.data(message))
+                except smtplib.SMTPDataError as e:  # DATA itself refused (no 354)
+                    t.data = _reply(e.smtp_code, e.smtp_error)
+            s.quit()
+        except smtplib.SMTPServerDisconnected:
+            t.disconnected = True
     return t

@@ -1,12 +1,29 @@
-"""The harness itself: a private Postfix relays to the sink byte for byte."""
+"""The harness itself: private Redis, sink and Postfix behave as the other tests assume.
+
+A private Postfix relays to the sink byte for byte (it prepends exactly one
+Received: header), XCLIENT LOGIN turns a session into an authenticated one,
+`policy=` wires a policy service into both restriction stages, the queue
+helpers see deferred mail, instances run side by side and stop by PID with
+their children, and `python -m mailwarden.sandbox` comes up and goes down.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import re
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mailwarden.sandbox import procs
 from mailwarden.sandbox.postfix import PostfixInstance
 from mailwarden.sandbox.redis import RedisInstance
 from mailwarden.sandbox.sink import Sink
@@ -14,62 +31,324 @@ from mailwarden.sandbox.smtpclient import send
 
 pytestmark = pytest.mark.integration
 
+# Vietnamese 8-bit text, and lines that need dot-stuffing on the wire both ways.
 BODY = ("Kính gửi Sở Khoa học và Công nghệ,\r\n"
-        "Xin gửi kèm báo cáo quý IV.\r\n").encode()
+        "Xin gửi kèm báo cáo quý IV.\r\n"
+        ".\r\n"
+        "..hai dấu chấm\r\n"
+        ".một dấu chấm\r\n"
+        "Trân trọng.\r\n").encode()
+
+# What Postfix prepends, and nothing else when From/Date/Message-ID are present:
+#   Received: from HELO (NAME [ADDR])
+#   <TAB>by myhostname (Postfix) with PROTO id QUEUEID
+#   <TAB>for <RCPT>; DATE
+# PROTO is ESMTP, ESMTPA after XCLIENT LOGIN, UTF8SMTP(A) with SMTPUTF8.
+RECEIVED = re.compile(
+    rb"Received: from pc1\.test \((?P<name>[^ ]+) \[(?P<addr>[0-9.]+)\]\)\r\n"
+    rb"\tby mail\.ninhbinh\.gov\.vn \(Postfix\) with (?P<proto>[A-Z0-9]+) "
+    rb"id (?P<qid>[0-9A-F]{6,})\r\n"
+    rb"\tfor <(?P<rcpt>[^>]+)>; [A-Z][a-z]{2}, \d{1,2} [A-Z][a-z]{2} \d{4} [0-9:]{8} "
+    rb"[+-]\d{4} \([A-Z]+\)\r\n")
 
 
-def message(to: str) -> bytes:
-    return (f"From: alice@ninhbinh.gov.vn\r\nTo: {to}\r\nSubject: =?UTF-8?B?QsOhbyBjw6Fv?=\r\n"
+def message(to: str, subject: str = "=?UTF-8?B?QsOhbyBjw6Fv?=") -> bytes:
+    return (f"From: alice@ninhbinh.gov.vn\r\nTo: {to}\r\nSubject: {subject}\r\n"
             "Date: Mon, 23 Nov 2026 08:00:00 +0700\r\nMessage-ID: <bc-q4@ninhbinh.gov.vn>\r\n"
             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
             "Content-Transfer-Encoding: 8bit\r\n\r\n").encode() + BODY
 
 
-def test_relay_to_sink_byte_for_byte(postfix_factory: Callable[..., PostfixInstance],
-                                     sink: Sink) -> None:
-    pf = postfix_factory()
-    t = send(pf.smtpd_port, "x@gmail.com", ["y@ninhbinh.gov.vn"], message("y@ninhbinh.gov.vn"))
-    assert t.data is not None and t.data[0] == 250
-    [(env, data)] = sink.wait_for(1)
-    assert env["rcpt_to"] == ["y@ninhbinh.gov.vn"] and env["mail_from"] == "x@gmail.com"
-    # Postfix prepends exactly one Received: header (three folded lines); the rest is ours,
-    # byte for byte (it adds Date/Message-ID only when missing, and these are present).
-    received, _sep, rest = data.partition(b"\r\nFrom: ")
-    assert received.startswith(b"Received: from ") and received.count(b"\r\n") == 2
-    assert b"From: " + rest == message("y@ninhbinh.gov.vn")
-    pf.wait_for_log(r"[0-9A-F]{6,}: to=<y@ninhbinh.gov.vn>, relay=127.0.0.1\[127.0.0.1\]:\d+"
-                    r".*status=sent")
+def split_received(data: bytes) -> tuple[re.Match[bytes], bytes]:
+    m = RECEIVED.match(data)
+    assert m, f"no Postfix Received: header on top of {data[:300]!r}"
+    return m, data[m.end():]
 
+
+# -- Postfix -> sink, byte for byte ---------------------------------------------------
+
+@pytest.mark.parametrize(("rcpt", "login", "name", "addr", "proto"), [
+    ("y@ninhbinh.gov.vn", None, "unknown", "127.0.0.1", b"ESMTP"),  # inbound, province
+    ("x@gmail.com", "alice@ninhbinh.gov.vn", "pc1.test", "10.20.30.40", b"ESMTPA"),  # out
+], ids=["inbound-province", "outbound-authenticated"])
+def test_relay_to_sink_byte_for_byte(postfix_factory: Callable[..., PostfixInstance],
+                                     sink: Sink, rcpt: str, login: str | None, name: str,
+                                     addr: str, proto: bytes) -> None:
+    pf = postfix_factory()
+    sent = message(rcpt)
+    t = send(pf.smtpd_port, "alice@ninhbinh.gov.vn", [rcpt], sent, login=login,
+             mail_options=["BODY=8BITMIME"])
+    assert t.rcpt == {rcpt: (250, "2.1.5 Ok")}
+    assert t.data is not None and t.data[0] == 250
+    queued_as = t.data[1].rsplit(" ", 1)[-1]
+
+    [(env, data)] = sink.wait_for(1)
+    assert env["mail_from"] == "alice@ninhbinh.gov.vn" and env["rcpt_to"] == [rcpt]
+    assert "BODY=8BITMIME" in env["mail_params"]  # type: ignore[operator]
+    received, rest = split_received(data)
+    assert rest == sent
+    assert (received["name"], received["addr"]) == (name.encode(), addr.encode())
+    assert received["proto"] == proto and received["rcpt"] == rcpt.encode()
+    assert received["qid"].decode() == queued_as
+
+    # The queue id's life in the maillog, from smtpd to removal.
+    qid = re.escape(queued_as)
+    pf.wait_for_log(rf"postfix/smtpd\[\d+\]: {qid}: client={re.escape(name)}\[{addr}\]")
+    pf.wait_for_log(rf"postfix/cleanup\[\d+\]: {qid}: message-id=<bc-q4@ninhbinh\.gov\.vn>")
+    pf.wait_for_log(rf"postfix/qmgr\[\d+\]: {qid}: from=<alice@ninhbinh\.gov\.vn>, "
+                    rf"size=\d+, nrcpt=1 \(queue active\)")
+    pf.wait_for_log(rf"postfix/smtp\[\d+\]: {qid}: to=<{re.escape(rcpt)}>, "
+                    rf"relay=127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}, .*dsn=2\.0\.0, "
+                    rf"status=sent \(250 2\.0\.0 stored as 1\)")
+    pf.wait_for_log(rf"postfix/qmgr\[\d+\]: {qid}: removed")
+
+
+def test_smtputf8_address_and_raw_utf8_header(postfix_factory: Callable[..., PostfixInstance],
+                                              sink: Sink) -> None:
+    pf = postfix_factory()
+    rcpt = "nguyễn.văn.a@ninhbinh.gov.vn"
+    sent = message(rcpt, subject="Báo cáo quý IV")
+    t = send(pf.smtpd_port, "alice@ninhbinh.gov.vn", [rcpt], sent,
+             mail_options=["BODY=8BITMIME", "SMTPUTF8"])
+    assert t.data is not None and t.data[0] == 250, t
+    [(env, data)] = sink.wait_for(1)
+    assert env["rcpt_to"] == [rcpt] and "SMTPUTF8" in env["mail_params"]  # type: ignore[operator]
+    received, rest = split_received(data)
+    assert received["proto"] == b"UTF8SMTP" and rest == sent
+
+
+# -- XCLIENT and relay permissions ----------------------------------------------------
 
 def test_xclient_login_allows_relaying_out(postfix_factory: Callable[..., PostfixInstance],
                                            sink: Sink) -> None:
     pf = postfix_factory()
-    anonymous = send(pf.smtpd_port, "alice@ninhbinh.gov.vn", ["x@gmail.com"],
-                     message("x@gmail.com"), client_addr="10.20.30.40", login=None)
-    assert anonymous.rcpt["x@gmail.com"][0] == 250  # from 127.0.0.1: mynetworks
-    outside = send(pf.smtpd_port, "alice@ninhbinh.gov.vn", ["x@gmail.com"],
-                   message("x@gmail.com"), login="")  # XCLIENT without a login
-    assert outside.refused("x@gmail.com").startswith("554 5.7.1")
-    assert "Relay access denied" in outside.refused("x@gmail.com")
-    authed = send(pf.smtpd_port, "alice@ninhbinh.gov.vn", ["x@gmail.com"],
-                  message("x@gmail.com"), login="alice@ninhbinh.gov.vn")
+    msg = message("x@gmail.com")
+    local = send(pf.smtpd_port, "alice@ninhbinh.gov.vn", ["x@gmail.com"], None)
+    assert local.rcpt["x@gmail.com"][0] == 250  # 127.0.0.1 itself is in mynetworks
+
+    outside = send(pf.smtpd_port, "alice@ninhbinh.gov.vn",
+                   ["x@gmail.com", "y@ninhbinh.gov.vn"], None, login="",
+                   client_addr="10.20.30.40")
+    assert outside.refused("x@gmail.com") == "554 5.7.1 <x@gmail.com>: Relay access denied"
+    assert outside.rcpt["y@ninhbinh.gov.vn"][0] == 250  # relay_domains: still accepted
+    pf.wait_for_log(r"NOQUEUE: reject: RCPT from pc1\.test\[10\.20\.30\.40\]: 554 5\.7\.1 "
+                    r"<x@gmail\.com>: Relay access denied; from=<alice@ninhbinh\.gov\.vn> "
+                    r"to=<x@gmail\.com> proto=ESMTP helo=<pc1\.test>")
+
+    authed = send(pf.smtpd_port, "alice@ninhbinh.gov.vn", ["x@gmail.com"], msg,
+                  login="alice@ninhbinh.gov.vn", client_addr="10.20.30.40")
+    assert authed.accepted == ["x@gmail.com"]
     assert authed.data is not None and authed.data[0] == 250
-    msgs = sink.wait_for(2)
-    assert [m[0]["rcpt_to"] for m in msgs] == [["x@gmail.com"], ["x@gmail.com"]]
+    pf.wait_for_log(r": client=pc1\.test\[10\.20\.30\.40\], sasl_method=XCLIENT, "
+                    r"sasl_username=alice@ninhbinh\.gov\.vn")
+    [(env, _)] = sink.wait_for(1)
+    assert env["rcpt_to"] == ["x@gmail.com"]
 
 
-def test_two_instances_side_by_side(postfix_factory: Callable[..., PostfixInstance],
-                                    sink: Sink) -> None:
+# -- policy service wiring --------------------------------------------------------------
+
+class _Policy(socketserver.StreamRequestHandler):
+    """A stand-in policy service: REJECT recipients starting with "blocked", else DUNNO."""
+
+    requests: list[dict[str, str]]
+
+    def handle(self) -> None:
+        while True:
+            request: dict[str, str] = {}
+            while (line := self.rfile.readline()) not in (b"\n", b""):
+                key, _, value = line.decode().rstrip("\n").partition("=")
+                request[key] = value
+            if not request:
+                return
+            self.requests.append(request)
+            refuse = request.get("recipient", "").startswith("blocked")
+            action = "REJECT blocked by test policy" if refuse else "DUNNO"
+            self.wfile.write(f"action={action}\n\n".encode())
+
+
+@pytest.fixture(params=["unix", "inet"])
+def policy_service(request: pytest.FixtureRequest, postfix_dir: Path
+                   ) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    seen: list[dict[str, str]] = []
+    handler = type("Handler", (_Policy,), {"requests": seen})
+    server: socketserver.BaseServer
+    if request.param == "unix":  # an absolute path outside Postfix's queue directory
+        path = postfix_dir / "policy.sock"
+        server = socketserver.ThreadingUnixStreamServer(str(path), handler)
+        path.chmod(0o666)  # smtpd runs as user postfix
+        address = f"unix:{path}"
+    else:
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+        address = f"inet:127.0.0.1:{server.server_address[1]}"
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield address, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_policy_service_is_asked_at_rcpt_and_end_of_message(
+        postfix_factory: Callable[..., PostfixInstance], sink: Sink,
+        policy_service: tuple[str, list[dict[str, str]]]) -> None:
+    address, seen = policy_service
+    pf = postfix_factory(policy=address)
+    t = send(pf.smtpd_port, "alice@ninhbinh.gov.vn", ["x@gmail.com", "blocked@gmail.com"],
+             message("x@gmail.com"), login="alice@ninhbinh.gov.vn")
+    assert t.refused("blocked@gmail.com") == \
+        "554 5.7.1 <blocked@gmail.com>: Recipient address rejected: blocked by test policy"
+    assert t.data is not None and t.data[0] == 250
+    qid = t.data[1].rsplit(" ", 1)[-1]
+    assert len(sink.wait_for(1)) == 1
+
+    states = [(r["protocol_state"], r["recipient"], r["recipient_count"]) for r in seen]
+    assert states == [("RCPT", "x@gmail.com", "0"), ("RCPT", "blocked@gmail.com", "0"),
+                      ("END-OF-MESSAGE", "x@gmail.com", "1")]
+    eom = seen[-1]
+    assert eom["queue_id"] == qid and eom["sasl_username"] == "alice@ninhbinh.gov.vn"
+    assert eom["client_address"] == "10.20.30.40" and int(eom["size"]) > 0
+    assert len({r["instance"] for r in seen}) == 1  # one transaction
+
+
+def test_policy_service_down_means_tempfail(postfix_factory: Callable[..., PostfixInstance],
+                                            postfix_dir: Path, sink: Sink) -> None:
+    pf = postfix_factory(policy=f"unix:{postfix_dir}/nobody-listens.sock")
+    t = send(pf.smtpd_port, "alice@ninhbinh.gov.vn", ["x@gmail.com"], None,
+             login="alice@ninhbinh.gov.vn")
+    assert t.refused("x@gmail.com").startswith("451 4.3.5 ")
+    assert pf.postconf("-h", "smtpd_policy_service_default_action").strip() == \
+        "451 4.3.5 policy service unavailable"
+    assert sink.messages() == []
+
+
+# -- queue helpers, reload ------------------------------------------------------------
+
+def test_relay_down_defers_then_flush_delivers(postfix_factory: Callable[..., PostfixInstance],
+                                               sink: Sink) -> None:
+    # Long backoff: the message waits in "deferred" until flush() (no retry on its own).
+    pf = postfix_factory(main_cf_extra={"queue_run_delay": "300s",
+                                        "minimal_backoff_time": "300s",
+                                        "maximal_backoff_time": "300s"})
+    sink.stop()
+    t = send(pf.smtpd_port, "x@gmail.com", ["y@ninhbinh.gov.vn"], message("y@ninhbinh.gov.vn"))
+    assert t.data is not None and t.data[0] == 250
+    qid = t.data[1].rsplit(" ", 1)[-1]
+    pf.wait_for_log(rf"{qid}: to=<y@ninhbinh\.gov\.vn>, .*status=deferred \(.*"
+                    rf"Connection refused\)")
+    assert pf.queue_ids() == [qid]
+    # qmgr moves the file to "deferred" just after smtp has logged the failure.
+    procs.wait_until(lambda: [e["queue_name"] for e in pf.queue_entries()] == ["deferred"],
+                     10, "message in the deferred queue")
+    [entry] = pf.queue_entries()
+    assert entry["sender"] == "x@gmail.com"
+    recipients: Any = entry["recipients"]
+    assert [r["address"] for r in recipients] == ["y@ninhbinh.gov.vn"]
+    assert "Connection refused" in recipients[0]["delay_reason"]
+
+    sink.start()  # same port: the relay is back
+    pf.flush()
+    assert len(sink.wait_for(1)) == 1
+    procs.wait_until(lambda: pf.queue_ids() == [], 15, "empty queue")
+
+
+def test_reload_applies_changed_settings(postfix_factory: Callable[..., PostfixInstance],
+                                         sink: Sink) -> None:
+    pf = postfix_factory()
+    assert pf.postconf("-h", "message_size_limit").strip() == "52428800"
+    pf.main_cf_extra["message_size_limit"] = "2000"
+    pf.reload()
+    assert pf.postconf("-h", "message_size_limit").strip() == "2000"
+
+    def big_refused() -> bool:  # smtpd processes started before the reload may linger
+        t = send(pf.smtpd_port, "x@gmail.com", ["y@ninhbinh.gov.vn"],
+                 message("y@ninhbinh.gov.vn") + b"x" * 3000 + b"\r\n")
+        return t.data is not None and t.data[0] == 552
+
+    procs.wait_until(big_refused, 15, "552 for a message over the reloaded limit")
+
+
+# -- side by side, stop by PID -----------------------------------------------------------
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_two_instances_side_by_side_and_stop_by_pid(
+        postfix_factory: Callable[..., PostfixInstance], sink: Sink) -> None:
     a, b = postfix_factory("pf-a"), postfix_factory("pf-b")
-    assert a.smtpd_port != b.smtpd_port
+    assert a.smtpd_port != b.smtpd_port and a.pid != b.pid
+    ids = {}
     for pf in (a, b):
-        send(pf.smtpd_port, "x@gmail.com", ["y@ninhbinh.gov.vn"], message("y@ninhbinh.gov.vn"))
+        t = send(pf.smtpd_port, "x@gmail.com", ["y@ninhbinh.gov.vn"],
+                 message("y@ninhbinh.gov.vn"))
+        assert t.data is not None
+        ids[pf.smtpd_port] = t.data[1].rsplit(" ", 1)[-1]
     assert len(sink.wait_for(2)) == 2
+    for pf, other in ((a, b), (b, a)):  # each logs to its own maillog only
+        pf.wait_for_log(rf"{ids[pf.smtpd_port]}: removed")
+        assert ids[other.smtpd_port] not in pf.log_text()
 
+    master = a.pid
+    children = _children(master)
+    assert children, "master has no children (qmgr, pickup, postlogd, ...)"
+    a.stop()
+    assert not _alive(master)
+    procs.wait_until(lambda: not any(_alive(c) for c in children), 10, "children gone")
+    assert not procs.tcp_ready("127.0.0.1", a.smtpd_port)()
+    assert procs.tcp_ready("127.0.0.1", b.smtpd_port)()  # the other one is untouched
+
+
+def test_bad_setting_fails_fast_with_postfix_words(postfix_dir: Path, sink: Sink) -> None:
+    pf = PostfixInstance(postfix_dir / "bad", relay_port=sink.port,
+                         main_cf_extra={"smtpd_policy_service_retry_delay": "0s"})
+    started = time.monotonic()
+    with pytest.raises(procs.StartError, match=r"fatal: invalid smtpd_policy_service_retry_d"):
+        pf.start()
+    assert time.monotonic() - started < 10
+    master = int((pf.queue_dir / "pid" / "master.pid").read_text().split()[0])
+    assert not _alive(master), "a failed start must not leave its master running"
+    assert pf.master_pid == 0 and not procs.tcp_ready("127.0.0.1", pf.smtpd_port)()
+
+
+def test_start_refuses_a_busy_port_and_a_private_parent(postfix_dir: Path, sink: Sink,
+                                                        tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(procs.StartError, match="already in use"):
+            PostfixInstance(postfix_dir / "busy", relay_port=sink.port,
+                            smtpd_port=port).start()
+    tmp_path.chmod(0o700)
+    with pytest.raises(procs.StartError, match="not searchable"):
+        PostfixInstance(tmp_path / "pf", relay_port=sink.port).start()
+
+
+# -- Redis ----------------------------------------------------------------------------------
 
 def test_redis_stops_and_starts_on_the_same_socket(redis_server: RedisInstance) -> None:
     import redis
 
+    assert redis_server.url == f"unix://{redis_server.socket}"
     r: Any = redis.Redis.from_url(redis_server.url)
     assert r.ping()
     first = redis_server.pid
@@ -79,3 +358,85 @@ def test_redis_stops_and_starts_on_the_same_socket(redis_server: RedisInstance) 
     redis_server.start()
     assert r.ping() and redis_server.pid != first
     r.close()
+
+
+def test_redis_tcp_and_appendonly_keep_data_across_restart(tmp_path: Path) -> None:
+    import redis
+
+    with RedisInstance(tmp_path / "r", tcp=True, appendonly=True) as server:
+        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        r: Any = redis.Redis.from_url(server.url)
+        r.set("mw:{alice}:lock", "1")
+        server.stop()
+        server.start()
+        assert r.get("mw:{alice}:lock") == b"1"
+        r.close()
+    with RedisInstance(tmp_path / "plain") as server:  # no persistence by default
+        r = redis.Redis.from_url(server.url)
+        r.set("k", "1")
+        server.stop()
+        server.start()
+        assert r.get("k") is None
+        r.close()
+
+
+# -- the sink on its own -------------------------------------------------------------------
+
+def _dialogue(port: int, *commands: bytes) -> list[bytes]:
+    """Send each chunk and read one reply (of any number of lines) after it."""
+    replies = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        f = s.makefile("rb")
+        f.readline()  # banner
+        for chunk in commands:
+            s.sendall(chunk)
+            lines = [f.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(f.readline())
+            replies.append(b"".join(lines))
+    return replies
+
+
+def test_sink_stores_exact_bytes_and_answers_protocol_errors(tmp_path: Path) -> None:
+    with Sink(tmp_path, reject_rcpt_regex=r"^bounce") as s:
+        long_line = b"A" * 200_000 + b"\r\n"  # longer than the stream buffer
+        body = b"Subject: raw\r\n\r\nbare\nLF kept\r\n..dot\r\n" + long_line + b"end\r\n"
+        r = _dialogue(s.port,
+                      b"EHLO t\r\n", b"RCPT TO:<a@b>\r\n", b"X" * 5000 + b"\r\n",
+                      b"MAIL FROM:<s@t> BODY=8BITMIME\r\n", b"RCPT TO:<bounce@x>\r\n",
+                      b"RCPT TO:<ok@x>\r\n", b"DATA\r\n", body + b".\r\n", b"QUIT\r\n")
+        assert b"250-8BITMIME" in r[0] and b"250-SMTPUTF8" in r[0] and b"SIZE" in r[0]
+        assert r[1].startswith(b"503") and r[2].startswith(b"500 5.5.2 line too long")
+        assert r[4].startswith(b"550 5.1.1") and r[5].startswith(b"250")
+        assert r[6].startswith(b"354") and r[7] == b"250 2.0.0 stored as 1\r\n"
+        [(env, data)] = s.messages()
+        assert env["rcpt_to"] == ["ok@x"] and env["mail_params"] == ["BODY=8BITMIME"]
+        assert data == body.replace(b"\r\n..dot", b"\r\n.dot")
+        assert sorted(p.name for p in s.dir.iterdir()) == ["000001.eml", "000001.json"]
+
+
+# -- `make run` ---------------------------------------------------------------------------
+
+def test_make_run_sandbox_comes_up_delivers_and_stops_on_sigint(sandbox_root: Path) -> None:
+    root = sandbox_root / "make-run"
+    port = procs.free_port()
+    out = sandbox_root / "make-run.out"
+    proc = procs.spawn([sys.executable, "-m", "mailwarden.sandbox", "--dir", str(root),
+                        "--port", str(port), "--no-milter"], out)
+    try:
+        procs.wait_until(lambda: "sandbox is up" in out.read_text(errors="replace"), 60,
+                         "sandbox banner", alive=lambda: proc.poll() is None, log=out)
+        t = send(port, "someone@gmail.com", ["alice@ninhbinh.gov.vn"],
+                 message("alice@ninhbinh.gov.vn"))
+        assert t.data is not None and t.data[0] == 250
+        procs.wait_until(lambda: any((root / "mail").glob("*.eml")), 30, "mail in sandbox")
+        master = int((root / "postfix/queue/pid/master.pid").read_text().split()[0])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        procs.stop(proc)
+    text = out.read_text()
+    assert "sandbox stopped" in text and "[maillog]" in text
+    assert not _alive(master) and not procs.tcp_ready("127.0.0.1", port)()
+    assert not (root / "redis" / "redis.sock").exists()
+    assert not (root / "policyd.sock").exists()
