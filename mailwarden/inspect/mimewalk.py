@@ -60,6 +60,8 @@ from mailwarden.inspect.filenames import (
 
 MAX_LINE = 64 * 1024  # longer lines are read in chunks of this size
 _TIME_CHECK_EVERY = 256  # lines
+_BLOCK_MAX = 64 * 1024  # bulk reads of base64 bodies (_Lines.block)
+_BLOCK_MIN = 1024
 _B64_KEEP = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _B64_DELETE = bytes(c for c in range(256) if c not in _B64_KEEP)
 _UUENCODE_BEGIN = re.compile(rb"^begin(?:-base64)? [0-7]{3,4} (.+?)\s*$")
@@ -88,6 +90,7 @@ class _Lines:
         self.at_start = True
         self.pushed: list[_Line] = []
         self.count = 0
+        self.block_size = _BLOCK_MAX
 
     def next(self) -> _Line | None:
         if self.pushed:
@@ -101,6 +104,38 @@ class _Lines:
         starts = self.at_start
         self.at_start = line.endswith(b"\n")
         return line, starts
+
+    def block(self) -> bytes | None:
+        """Whole lines read in one go, up to (not including) the next line that starts
+        with "-" (a boundary can only start so). None when the next line starts with "-",
+        is longer than the read, or lines were pushed back: then use next().
+
+        The read size adapts (halved when little of a read was used, doubled when all of
+        it was), so lines starting with "-" every few lines cannot make the reads cost
+        more than a small multiple of the bytes consumed."""
+        if self.pushed or not self.at_start or not self.fp.seekable():
+            return None
+        self.budget.check_time()
+        pos = self.fp.tell()
+        data = self.fp.read(self.block_size)
+        if not data or data[:1] == b"-":
+            self.fp.seek(pos)
+            return None
+        cut = data.find(b"\n-")
+        end = cut + 1 if cut >= 0 else data.rfind(b"\n") + 1
+        if end <= 0 and len(data) < self.block_size:  # the last line, without a newline
+            end = len(data)
+        if end * 2 < len(data):
+            self.block_size = max(_BLOCK_MIN, self.block_size // 2)
+        elif cut < 0:
+            self.block_size = min(_BLOCK_MAX, self.block_size * 2)
+        if end <= 0:
+            self.fp.seek(pos)
+            return None
+        if end != len(data):
+            self.fp.seek(pos + end)
+        self.at_start = data[end - 1:end] == b"\n"
+        return data[:end]
 
     def mark(self) -> tuple[int, bool] | None:
         """Where the next line starts, if the input can be re-read from there."""
@@ -158,6 +193,9 @@ class _Base64:
 
     def feed(self, line: bytes, eol: bytes) -> tuple[bytes, bytes]:
         return self._feed(line), b""
+
+    def feed_block(self, lines: bytes) -> bytes:
+        return self._feed(lines)
 
     def _feed(self, line: bytes) -> bytes:
         clean = line.translate(None, _B64_DELETE)
@@ -446,7 +484,18 @@ class _Walker:
         size = 0
         pending_eol = b""
         stop: _Boundary | None = None
+        bulk = decoder if isinstance(decoder, _Base64) else None
         while True:
+            if bulk is not None:
+                # base64 ignores line ends: decode whole runs of lines that cannot be
+                # boundaries at once instead of line by line
+                chunk = lines.block()
+                if chunk is not None:
+                    data = bulk.feed_block(chunk)
+                    if data:
+                        out.write(data)
+                        size += len(data)
+                    continue
             item = lines.next()
             if item is None:
                 if stack:
