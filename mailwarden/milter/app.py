@@ -303,9 +303,13 @@ def run(cfg: Config) -> int:
     log.info("listening on %s (profile %s, attachments cap %d bytes, clamd %s)", listen,
              cfg.profile.name, cfg["attachments.max_bytes"],
              cfg["antivirus.clamd"] if cfg["antivirus.enabled"] else "off")
-    # libmilter creates the socket in runmilter; tell systemd once it is there.
+    # libmilter creates the socket in runmilter; tell systemd once it is there. The umask
+    # gives the socket its mode from the start (Postfix must not find it unreachable for a
+    # moment); temporary spool files are created 0600 by tempfile whatever the umask.
     if listen.family == "unix":
-        _notify_when_socket(listen.path, int(cfg["milter.socket_mode"], 8), sd_notify)
+        mode = int(cfg["milter.socket_mode"], 8)
+        os.umask(0o777 & ~mode)
+        _notify_when_socket(listen.path, mode, sd_notify)
     else:
         sd_notify("READY=1")
     interval = cfg["milter.stats_interval"]
