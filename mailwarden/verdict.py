@@ -46,3 +46,11 @@ def defer(rule: str, text: str, article: str = "", *, code: int = 451,
           **extra: str) -> Verdict:
     return Verdict(Action.DEFER, rule, code, enhanced, text, article,
                    {**(detail or {}), **extra})
+
+
+def reply_safe(text: str, limit: int, *, unsafe: str = "") -> str:
+    """Text from a message or an operator, fit for an SMTP reply: printable ASCII only
+    (anything else, and the characters in `unsafe`, become "?"), at most `limit`
+    characters ("..." marks a cut)."""
+    clean = "".join(c if 0x20 <= ord(c) < 0x7F and c not in unsafe else "?" for c in text)
+    return clean if len(clean) <= limit else clean[: max(0, limit - 3)] + "..."

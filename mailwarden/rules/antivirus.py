@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from mailwarden.verdict import Action, Verdict, defer, reject
+from mailwarden.verdict import Action, Verdict, defer, reject, reply_safe
 
 INFECTED = "av.infected"
 UNAVAILABLE = "av.unavailable"
@@ -18,16 +18,12 @@ class AntivirusSettings:
     citation: str
 
 
-def _ascii(text: str, limit: int = 100) -> str:
-    return "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in text)[:limit]
-
-
 def decide(status: str, s: AntivirusSettings, *, signature: str = "", error: str = "",
            part: str = "") -> Verdict | None:
     """status is "clean", "infected" or "error" (clients.clamd.ScanStatus values)."""
     detail = {"part": part} if part else {}
     if status == "infected":
-        sig = _ascii(signature)
+        sig = reply_safe(signature, 100)
         v = reject(INFECTED, f"Thu co virus/ma doc {sig} ({s.citation}). Virus found: {sig}",
                    s.citation, detail=detail, signature=signature)
         return v if s.enforce else replace(v, monitor=True)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, replace
 
 from mailwarden.inspect import Finding, FindingKind, MessageModel
-from mailwarden.verdict import Action, Verdict, defer, reject
+from mailwarden.verdict import Action, Verdict, defer, reject, reply_safe
 
 EXECUTABLE = "attachment.executable"
 ENCRYPTED_ARCHIVE = "attachment.encrypted_archive"
@@ -36,9 +36,8 @@ class AttachmentSettings:
 
 
 def reply_name(name: str, limit: int = 60) -> str:
-    """A file name fit for an SMTP reply: printable ASCII, bounded."""
-    clean = "".join(c if 0x20 <= ord(c) < 0x7F and c != '"' else "?" for c in name)
-    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+    """A file name fit for an SMTP reply: printable ASCII, bounded, no quotes."""
+    return reply_safe(name, limit, unsafe='"')
 
 
 def mib(n: int) -> str:

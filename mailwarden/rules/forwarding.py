@@ -33,7 +33,7 @@ from email.header import decode_header
 from typing import Any
 
 from mailwarden.addresses import AddressClass, classify_domain, in_domains, split_address
-from mailwarden.verdict import Action, Verdict, reject
+from mailwarden.verdict import Action, Verdict, reject, reply_safe
 
 EXTERNAL_AUTO = "forward.external_auto"
 INBOUND_AUTO = "forward.inbound_auto"
@@ -481,10 +481,7 @@ def _weak_signals(found: _Found, env: _Envelope) -> None:
 
 # -- decision -----------------------------------------------------------------------------
 def _reply_mailbox(mailbox: str) -> str:
-    clean = "".join(c if 0x21 <= ord(c) < 0x7F and c not in '"%' else "?" for c in mailbox)
-    if len(clean) > _MAX_MAILBOX_IN_REPLY:
-        clean = clean[: _MAX_MAILBOX_IN_REPLY - 3] + "..."
-    return clean or "khong ro/unknown"
+    return reply_safe(mailbox, _MAX_MAILBOX_IN_REPLY, unsafe=' "%') or "khong ro/unknown"
 
 
 def _text(direction: Direction, mailbox: str, citation: str) -> str:

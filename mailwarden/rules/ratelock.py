@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from mailwarden.addresses import in_domains, mailbox_key, split_address
 from mailwarden.units import format_duration
-from mailwarden.verdict import Action, Verdict, reject
+from mailwarden.verdict import Action, Verdict, reject, reply_safe
 
 RATE_LIMIT = "ratelimit.external_recipients"
 ACCOUNT_LOCKED = "account.locked"
@@ -125,12 +125,6 @@ def limit_for(account: str, s: RateSettings) -> int:
     return s.limit_overrides.get(account, s.limit)
 
 
-def _ascii(text: str, limit: int = 120) -> str:
-    """Operator text into an SMTP reply: printable ASCII only, bounded."""
-    clean = "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in text)
-    return clean[:limit]
-
-
 def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
@@ -145,7 +139,7 @@ def over_limit(account: str, count: int, s: RateSettings) -> Verdict:
     text = (
         f"Vuot gioi han {limit} {unit}/{window} ngoai {domains}, hop thu bi tam khoa "
         f"({s.rate_citation}). Over the limit of {limit} external {unit_en} per {window}: "
-        f"account locked; contact {_ascii(s.contact)}"
+        f"account locked; contact {reply_safe(s.contact, 120)}"
     )
     v = reject(RATE_LIMIT, text, s.rate_citation, count=str(count), limit=str(limit),
                window=window, locked="no" if not s.enforce else "yes")
@@ -156,8 +150,8 @@ def locked(lock: LockInfo, s: RateSettings) -> Verdict:
     """Every send by a locked account is refused (Dieu 7.1); mail to it is not."""
     citation = s.lock_citation if lock.kind == "rate" else s.manual_lock_citation
     text = (
-        f"Hop thu bi tam khoa tu {_when(lock.since)}: {_ascii(lock.reason)} ({citation}). "
-        f"Mailbox locked since {_when(lock.since)}; contact {_ascii(s.contact)}"
+        f"Hop thu bi tam khoa tu {_when(lock.since)}: {reply_safe(lock.reason, 120)} ({citation}). "
+        f"Mailbox locked since {_when(lock.since)}; contact {reply_safe(s.contact, 120)}"
     )
     return reject(ACCOUNT_LOCKED, text, citation, kind=lock.kind, since=_when(lock.since))
 
