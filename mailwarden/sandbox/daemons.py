@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,36 +24,24 @@ def write_config(path: Path, values: dict[str, Any]) -> Path:
     return path
 
 
-class Daemon:
+class Daemon(procs.Child):
     """`mailwarden --config FILE policyd|milter` in the foreground, ready when it listens."""
 
+    start_timeout_s = 30.0
+
     def __init__(self, kind: str, config: Path, listen: str, log: Path) -> None:
-        self.kind, self.config, self.log = kind, config, log
+        super().__init__(log)
+        self.kind, self.config = kind, config
+        self.name = f"mailwarden {kind}"
         self.listen = parse_listen(listen)
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "mailwarden", "--config", str(self.config), self.kind]
 
-    def start(self) -> Daemon:
-        self.proc = procs.spawn([sys.executable, "-m", "mailwarden", "--config",
-                                 str(self.config), self.kind], self.log)
-        probe = procs.unix_ready(self.listen.path) if self.listen.family == "unix" else \
-            procs.tcp_ready(self.listen.host, self.listen.port)
-        procs.wait_until(probe, 30, f"mailwarden {self.kind}",
-                         alive=lambda: self.proc is not None and self.proc.poll() is None,
-                         log=self.log)
-        return self
-
-    def stop(self) -> int | None:
-        """SIGTERM and wait; returns the exit status."""
-        if self.proc is None:
-            return None
-        procs.stop(self.proc)
-        code, self.proc = self.proc.returncode, None
-        return code
+    def ready_probe(self) -> Callable[[], bool]:
+        if self.listen.family == "unix":
+            return procs.unix_ready(self.listen.path)
+        return procs.tcp_ready(self.listen.host, self.listen.port)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 
 class StartError(RuntimeError):
@@ -108,3 +109,58 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class Child:
+    """One server we start as a child process: spawn, wait for readiness, stop by PID.
+
+    Subclasses say what to run (`argv()`), how to tell it is ready (`ready_probe()`),
+    its name and log file; `start()` cleans up after itself if the server never comes up.
+    """
+
+    name = "server"
+    start_timeout_s = 15.0
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready_probe(self) -> Callable[[], bool]:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} is not running"
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> Self:
+        if self.proc is not None:
+            raise RuntimeError(f"{self.name} already started")
+        self.proc = spawn(self.argv(), self.log)
+        try:
+            wait_until(self.ready_probe(), self.start_timeout_s, self.name, alive=self.alive,
+                       log=self.log)
+        except StartError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> int | None:
+        """SIGTERM by PID and wait; returns the exit status."""
+        if self.proc is None:
+            return None
+        stop(self.proc)
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -11,7 +11,6 @@ socket accepts.
 from __future__ import annotations
 
 import socket
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,24 +34,20 @@ def ping_ready(address: str | tuple[str, int]) -> Callable[[], bool]:
     return probe
 
 
-class RedisInstance:
+class RedisInstance(procs.Child):
+    name = "redis-server"
+
     def __init__(self, workdir: Path, *, tcp: bool = False, appendonly: bool = False) -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(self.dir / "redis.log")
         self.socket = self.dir / "redis.sock"
         self.port = procs.free_port() if tcp else 0
         self.appendonly = appendonly
-        self.log = self.dir / "redis.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0" if self.port else f"unix://{self.socket}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "redis-server is not running"
-        return self.proc.pid
 
     def argv(self) -> list[str]:
         return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
@@ -61,29 +56,5 @@ class RedisInstance:
                 "--appendonly", "yes" if self.appendonly else "no",
                 "--protected-mode", "yes", "--logfile", ""]
 
-    def start(self) -> RedisInstance:
-        if self.proc is not None:
-            raise RuntimeError("redis-server already started")
-        self.proc = procs.spawn(self.argv(), self.log)
-        address: str | tuple[str, int] = ("127.0.0.1", self.port) if self.port else \
-            str(self.socket)
-        try:
-            procs.wait_until(ping_ready(address), 15, "redis-server",
-                             alive=lambda: self.proc is not None and self.proc.poll() is None,
-                             log=self.log)
-        except procs.StartError:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        """SIGTERM by PID and wait: redis-server exits, removing its socket."""
-        if self.proc is not None:
-            procs.stop(self.proc)
-            self.proc = None
-
-    def __enter__(self) -> RedisInstance:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def ready_probe(self) -> Callable[[], bool]:
+        return ping_ready(("127.0.0.1", self.port) if self.port else str(self.socket))

@@ -22,9 +22,9 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mailwarden.sandbox import procs
@@ -191,7 +191,7 @@ async def serve(host: str, port: int, store: Path, reject: str | None) -> None:
         await stop.wait()
 
 
-class Sink:
+class Sink(procs.Child):
     """Start/stop the sink process (by PID); read what it stored.
 
     Mail lands in `workdir/mail/`; the port is chosen once, so `stop()` then
@@ -201,47 +201,23 @@ class Sink:
                  port: int | None = None) -> None:
         self.dir = Path(workdir) / "mail"
         self.dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(Path(workdir) / "sink.log")
         self.port = port or procs.free_port()
-        self.log = Path(workdir) / "sink.log"
         self.reject = reject_rcpt_regex
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "sink is not running"
-        return self.proc.pid
+    name = "sink"
 
-    def start(self) -> Sink:
-        if self.proc is not None:
-            raise RuntimeError("sink already started")
+    def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "mailwarden.sandbox.sink", "--listen", self.address,
                 "--dir", str(self.dir)]
-        if self.reject:
-            argv += ["--reject-rcpt-regex", self.reject]
-        self.proc = procs.spawn(argv, self.log)
-        try:
-            procs.wait_until(procs.tcp_ready("127.0.0.1", self.port), 15, "sink",
-                             alive=lambda: self.proc is not None and self.proc.poll() is None,
-                             log=self.log)
-        except procs.StartError:
-            self.stop()
-            raise
-        return self
+        return argv + (["--reject-rcpt-regex", self.reject] if self.reject else [])
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            procs.stop(self.proc)
-            self.proc = None
-
-    def __enter__(self) -> Sink:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def ready_probe(self) -> Callable[[], bool]:
+        return procs.tcp_ready("127.0.0.1", self.port)
 
     def messages(self) -> list[tuple[Envelope, bytes]]:
         """(envelope, exact DATA bytes) of every stored message, in arrival order."""
