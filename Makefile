@@ -35,10 +35,10 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 run: venv
-	$(PY) -m mailwarden.sandbox
+	$(PY) -m harness
 
 lint: venv
-	$(VENV)/bin/ruff check mailwarden tests benchmarks
+	$(VENV)/bin/ruff check mailwarden harness tests benchmarks
 	$(VENV)/bin/mypy
 
 bench-policyd: venv

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.auth_cost [--size 20480] [--iterations 300]
 
 Everything is in-process, except the rows marked "loopback DNS", which query
-a sandbox DNS server (mailwarden.sandbox.dns) started here on 127.0.0.1 and
+a sandbox DNS server (harness.dns) started here on 127.0.0.1 and
 stopped by its PID. Keys are made with `keygen` in a temporary directory.
 The message is a realistic ~20 KB MIME message (text part + base64 PDF-like
 attachment). Times are wall-clock per message on one thread, median and p95
@@ -27,13 +27,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.dns import DnsServer
 from mailwarden.auth.dkim_sign import KeyRing, keygen, load_keys
 from mailwarden.auth.dmarc import PublicSuffixes
 from mailwarden.auth.dns import Resolver, StaticLookup
 from mailwarden.auth.engine import Authenticator, AuthSettings
 from mailwarden.auth.verify import VerifySettings, verify_dkim
 from mailwarden.rules.authentication import AuthRuleSettings
-from mailwarden.sandbox.dns import DnsServer
 
 DOMAIN = "ninhbinh.gov.vn"
 

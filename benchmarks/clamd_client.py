@@ -1,6 +1,6 @@
 """Benchmark: PyPI `clamd` (1.0.2) vs mailwarden.clients.clamd on a 30 MiB INSTREAM scan.
 
-Starts a private clamd (mailwarden.sandbox.clamd, DisableCache yes) and measures, for the same
+Starts a private clamd (harness.clamd, DisableCache yes) and measures, for the same
 payload, wall time, client CPU and clamd CPU, over a unix socket and over 127.0.0.1 TCP. It
 then checks correctness (partial sends, over-limit streams) and measures the two design
 questions of our own client: chunk size, and one connection per part vs one zIDSESSION.
@@ -31,8 +31,8 @@ from typing import Any
 
 import clamd as pyclamd  # type: ignore[import-untyped]  # PyPI "clamd", benchmark only
 
+from harness.clamd import ClamdInstance, eicar_bytes
 from mailwarden.clients.clamd import scan_many, scan_stream
-from mailwarden.sandbox.clamd import ClamdInstance, eicar_bytes
 
 MiB = 1024 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")

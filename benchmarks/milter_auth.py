@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.clamd import ClamdInstance
+from harness.daemons import Daemon, write_config
+from harness.dns import DnsServer
+from harness.postfix import PostfixInstance
+from harness.sink import Sink
 from mailwarden.auth.dkim_sign import keygen, load_keys
-from mailwarden.sandbox.clamd import ClamdInstance
-from mailwarden.sandbox.daemons import Daemon, write_config
-from mailwarden.sandbox.dns import DnsServer
-from mailwarden.sandbox.postfix import PostfixInstance
-from mailwarden.sandbox.sink import Sink
 
 LOCAL = "ninhbinh.gov.vn"
 TICK = os.sysconf("SC_CLK_TCK")

@@ -7,7 +7,7 @@ stopped by its PID:
 
 * one clamd (ClamdInstance: `DisableCache yes`, the locally generated test
   signature database) shared by every milter;
-* the sink (mailwarden.sandbox.sink) that Postfix relays every message to;
+* the sink (harness.sink) that Postfix relays every message to;
 * one private Postfix (PostfixInstance) with one smtpd listener per target:
   the stock listener has no milter, each extra listener (master.cf
   `-o smtpd_milters=...`) talks to one milter, so every row goes through the
@@ -52,11 +52,11 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from mailwarden.sandbox import procs
-from mailwarden.sandbox.clamd import ClamdInstance
-from mailwarden.sandbox.daemons import Daemon, write_config
-from mailwarden.sandbox.postfix import PostfixInstance
-from mailwarden.sandbox.sink import Sink
+from harness import procs
+from harness.clamd import ClamdInstance
+from harness.daemons import Daemon, write_config
+from harness.postfix import PostfixInstance
+from harness.sink import Sink
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -624,7 +624,7 @@ def verify(st: Stack, clean: bytes) -> dict[str, dict[str, str]]:
     import io
     import zipfile
 
-    from mailwarden.sandbox.clamd import eicar_bytes
+    from harness.clamd import eicar_bytes
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
@@ -1079,11 +1079,11 @@ def render(res: dict[str, Any]) -> str:
     # --- how
     w("## How it was run\n")
     w("Everything private, on loopback, started by the script and stopped by PID "
-      "(`mailwarden/sandbox/`): one clamd (`ClamdInstance`, `DisableCache yes`, the same "
+      "(`harness/`): one clamd (`ClamdInstance`, `DisableCache yes`, the same "
       "two-signature test database for every milter, MaxThreads "
       f"{res['args']['clamd_threads']}), one Postfix (`PostfixInstance`, a 0755 work "
       "directory under /tmp) with one smtpd listener per target, Postfix's `smtp-sink` as "
-      "the relay host for the load, and the project's sink (`mailwarden.sandbox.sink`) for "
+      "the relay host for the load, and the project's sink (`harness.sink`) for "
       "the byte-for-byte check (the Python sink reads line by line and stores every message: "
       "it costs ~25 ms of CPU per 1.4 MB message, measured while building this benchmark, "
       "and would have been the bottleneck of the no-milter rows). All targets share the "

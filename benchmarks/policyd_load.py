@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailwarden.sandbox.procs import free_port, spawn, stop_pid, tcp_ready, unix_ready, wait_until
+from harness.procs import free_port, spawn, stop_pid, tcp_ready, unix_ready, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from mailwarden.sandbox.clamd import ClamdInstance
-from mailwarden.sandbox.postfix import PostfixInstance
-from mailwarden.sandbox.redis import RedisInstance
-from mailwarden.sandbox.sink import Sink
+from harness.clamd import ClamdInstance
+from harness.postfix import PostfixInstance
+from harness.redis import RedisInstance
+from harness.sink import Sink
 
 
 def require(*programs: str, root: bool = False) -> None:

@@ -1,6 +1,6 @@
 """SPF, DKIM, DMARC and the anti-spoofing rule against a real DNS server on loopback.
 
-The server (mailwarden.sandbox.dns) runs as its own process on a free port of
+The server (harness.dns) runs as its own process on a free port of
 127.0.0.1, serves the zones each test writes, and is stopped by PID. Every
 resolver here names it explicitly: nothing queries the machine's resolver.
 """
@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from harness import procs
+from harness.dns import DnsServer
 from mailwarden.auth.dkim_sign import KeyRing, keygen, load_keys
 from mailwarden.auth.dmarc import PublicSuffixes
 from mailwarden.auth.dns import Resolver, Status
@@ -25,8 +27,6 @@ from mailwarden.auth.spf import check_spf
 from mailwarden.auth.verify import VerifySettings, authenticate, verify_dkim
 from mailwarden.rules import authentication as rule
 from mailwarden.rules.authentication import AuthRuleSettings
-from mailwarden.sandbox import procs
-from mailwarden.sandbox.dns import DnsServer
 from mailwarden.verdict import Action
 
 pytestmark = pytest.mark.integration

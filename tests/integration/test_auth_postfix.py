@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from harness.clamd import ClamdInstance
+from harness.daemons import Daemon, write_config
+from harness.dns import DnsServer
+from harness.postfix import PostfixInstance
+from harness.sink import Sink
+from harness.smtpclient import Transaction, send
 from mailwarden.auth.dkim_sign import keygen
 from mailwarden.auth.dns import Resolver
 from mailwarden.auth.results import Result
 from mailwarden.auth.verify import verify_dkim
-from mailwarden.sandbox.clamd import ClamdInstance
-from mailwarden.sandbox.daemons import Daemon, write_config
-from mailwarden.sandbox.dns import DnsServer
-from mailwarden.sandbox.postfix import PostfixInstance
-from mailwarden.sandbox.sink import Sink
-from mailwarden.sandbox.smtpclient import Transaction, send
 
 pytestmark = pytest.mark.integration
 

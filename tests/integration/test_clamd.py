@@ -1,4 +1,4 @@
-"""mailwarden.clients.clamd against a real, private clamd (mailwarden.sandbox.clamd).
+"""mailwarden.clients.clamd against a real, private clamd (harness.clamd).
 
 The database is two local hash signatures (EICAR, clam.exe); see the sandbox module.
 """
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from mailwarden.clients.clamd import ScanStatus, ping, scan_many, scan_stream, version
-from mailwarden.sandbox.clamd import (
+from harness.clamd import (
     CLAM_EXE_SIGNATURE,
     EICAR_SIGNATURE,
     TESTFILES,
     ClamdInstance,
     eicar_bytes,
 )
+from mailwarden.clients.clamd import ScanStatus, ping, scan_many, scan_stream, version
 from tests.integration.clamd_fixtures import require_clamd
 
 pytestmark = pytest.mark.integration

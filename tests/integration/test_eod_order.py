@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from mailwarden.sandbox.clamd import ClamdInstance
-from mailwarden.sandbox.daemons import Daemon, write_config
-from mailwarden.sandbox.postfix import PostfixInstance
-from mailwarden.sandbox.redis import RedisInstance
-from mailwarden.sandbox.smtpclient import send
+from harness.clamd import ClamdInstance
+from harness.daemons import Daemon, write_config
+from harness.postfix import PostfixInstance
+from harness.redis import RedisInstance
+from harness.smtpclient import send
 from tests.integration.test_milter_postfix import message, pe32
 
 pytestmark = pytest.mark.integration

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from mailwarden.sandbox import procs
-from mailwarden.sandbox.postfix import PostfixInstance
-from mailwarden.sandbox.sink import Sink
-from mailwarden.sandbox.smtpclient import send
+from harness import procs
+from harness.postfix import PostfixInstance
+from harness.sink import Sink
+from harness.smtpclient import send
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from mailwarden.sandbox import procs
-from mailwarden.sandbox.clamd import ClamdInstance
-from mailwarden.sandbox.daemons import Daemon, write_config
-from mailwarden.sandbox.postfix import PostfixInstance
-from mailwarden.sandbox.sink import Sink
-from mailwarden.sandbox.smtpclient import Transaction, send
+from harness import procs
+from harness.clamd import ClamdInstance
+from harness.daemons import Daemon, write_config
+from harness.postfix import PostfixInstance
+from harness.sink import Sink
+from harness.smtpclient import Transaction, send
 from tests.integration.test_final_hop import layout
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ A private Postfix relays to the sink byte for byte (it prepends exactly one
 Received: header), XCLIENT LOGIN turns a session into an authenticated one,
 `policy=` wires a policy service into both restriction stages, the queue
 helpers see deferred mail, instances run side by side and stop by PID with
-their children, and `python -m mailwarden.sandbox` comes up and goes down.
+their children, and `python -m harness` comes up and goes down.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from mailwarden.sandbox import procs
-from mailwarden.sandbox.postfix import PostfixInstance
-from mailwarden.sandbox.redis import RedisInstance
-from mailwarden.sandbox.sink import Sink
-from mailwarden.sandbox.smtpclient import send
+from harness import procs
+from harness.postfix import PostfixInstance
+from harness.redis import RedisInstance
+from harness.sink import Sink
+from harness.smtpclient import send
 
 pytestmark = pytest.mark.integration
 
@@ -421,7 +421,7 @@ def test_make_run_sandbox_comes_up_delivers_and_stops_on_sigint(sandbox_root: Pa
     root = sandbox_root / "make-run"
     port = procs.free_port()
     out = sandbox_root / "make-run.out"
-    proc = procs.spawn([sys.executable, "-m", "mailwarden.sandbox", "--dir", str(root),
+    proc = procs.spawn([sys.executable, "-m", "harness", "--dir", str(root),
                         "--port", str(port), "--no-milter"], out)
     try:
         procs.wait_until(lambda: "sandbox is up" in out.read_text(errors="replace"), 60,

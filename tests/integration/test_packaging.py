@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mailwarden.sandbox import procs
-from mailwarden.sandbox.daemons import write_config
-from mailwarden.sandbox.redis import RedisInstance
+from harness import procs
+from harness.daemons import write_config
+from harness.redis import RedisInstance
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from mailwarden.sandbox.daemons import Daemon, write_config
-from mailwarden.sandbox.postfix import PostfixInstance
-from mailwarden.sandbox.redis import RedisInstance
-from mailwarden.sandbox.sink import Sink
-from mailwarden.sandbox.smtpclient import Transaction, send
+from harness.daemons import Daemon, write_config
+from harness.postfix import PostfixInstance
+from harness.redis import RedisInstance
+from harness.sink import Sink
+from harness.smtpclient import Transaction, send
 
 pytestmark = pytest.mark.integration
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
+from harness.postfix import PostfixInstance
 from mailwarden import forwarding_audit as fa
 from mailwarden.config import load_config
 from mailwarden.rules.forwarding import ForwardSettings, settings_from_values
-from mailwarden.sandbox.postfix import PostfixInstance
 
 CITATION = "QD 162/2025/QD-UBND Dieu 4.5"
 

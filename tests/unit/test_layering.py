@@ -7,7 +7,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "mailwarden"
 FORBIDDEN = ("mailwarden.policyd", "mailwarden.milter", "mailwarden.clients",
-             "mailwarden.store", "mailwarden.sandbox", "redis", "Milter", "milter", "socket",
+             "mailwarden.store", "harness", "redis", "Milter", "milter", "socket",
              "asyncio", "logging", "subprocess")
 
 

@@ -1,6 +1,6 @@
 """A DNS server for tests: authoritative for every name, from a zone file the tests write.
 
-Run as its own process: `python -m mailwarden.sandbox.dns --zone-file F --port-file P`.
+Run as its own process: `python -m harness.dns --zone-file F --port-file P`.
 It binds UDP and TCP on the same free port of 127.0.0.1 and writes that port to P
 once both listen. The zone file is an RFC 1035 master file with absolute names
 (read by dnspython with the root as origin), so any domain can be served:
@@ -53,7 +53,7 @@ import dns.rdatatype
 import dns.rrset
 import dns.zone
 
-from mailwarden.sandbox import procs
+from harness import procs
 
 SERIAL_NAME = "serial.sandbox.invalid."
 _MAX_CNAME = 8
@@ -274,7 +274,7 @@ class DnsServer:
 
     def start(self) -> DnsServer:
         self.port_file.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "mailwarden.sandbox.dns", "--zone-file",
+        argv = [sys.executable, "-m", "harness.dns", "--zone-file",
                 str(self.zone_file), "--port-file", str(self.port_file)]
         self.proc = procs.spawn(argv, self.log)
 
@@ -342,7 +342,7 @@ def _absolute(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mailwarden.sandbox.dns")
+    p = argparse.ArgumentParser(prog="harness.dns")
     p.add_argument("--zone-file", required=True, type=Path)
     p.add_argument("--port-file", required=True, type=Path)
     p.add_argument("--host", default="127.0.0.1")

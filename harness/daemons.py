@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness import procs
 from mailwarden.addresses import parse_listen
 from mailwarden.config import SCHEMA_BY_NAME, render_value
-from mailwarden.sandbox import procs
 
 
 def write_config(path: Path, values: dict[str, Any]) -> Path:

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from mailwarden.sandbox import procs
+from harness import procs
 
 
 def ping_ready(address: str | tuple[str, int]) -> Callable[[], bool]:

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from harness import procs
 from mailwarden.clients.clamd import UNIX_PATH_MAX, ping
-from mailwarden.sandbox import procs
 
 CLAMD = "clamd"
 SIGTOOL = "sigtool"

@@ -25,7 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from mailwarden.sandbox import procs
+from harness import procs
 
 MASTER_CF = """\
 # service type  private unpriv  chroot  wakeup  maxproc command + args

@@ -16,11 +16,11 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from mailwarden.sandbox.clamd import ClamdInstance
-from mailwarden.sandbox.daemons import Daemon, write_config
-from mailwarden.sandbox.postfix import PostfixInstance
-from mailwarden.sandbox.redis import RedisInstance
-from mailwarden.sandbox.sink import Sink
+from harness.clamd import ClamdInstance
+from harness.daemons import Daemon, write_config
+from harness.postfix import PostfixInstance
+from harness.redis import RedisInstance
+from harness.sink import Sink
 
 SMTP_PORT = 2525
 SANDBOX_LIMIT = 5  # external recipients per window, low enough to see the lock by hand
@@ -65,7 +65,7 @@ def follow(paths: list[Path], done: threading.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mailwarden.sandbox", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     ap.add_argument("--dir", default="sandbox", help="where everything lives (default ./sandbox)")
     ap.add_argument("--port", type=int, default=SMTP_PORT)
     ap.add_argument("--no-milter", action="store_true", help="without clamd and the milter")

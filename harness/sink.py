@@ -1,6 +1,6 @@
 """A local SMTP sink: stores every accepted message byte for byte.
 
-Run as its own process: `python -m mailwarden.sandbox.sink --listen
+Run as its own process: `python -m harness.sink --listen
 127.0.0.1:PORT --dir DIR [--reject-rcpt-regex RX]`. Each message becomes
 DIR/<seq>.eml (exactly the DATA bytes after dot-unstuffing, line ends as
 received) with its envelope in DIR/<seq>.json (`mail_from`, `rcpt_to`,
@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mailwarden.sandbox import procs
+from harness import procs
 
 MAX_COMMAND = 4096  # bytes per command line (RFC 5321 asks for 512; be lenient)
 MAX_MESSAGE = 256 * 1024 * 1024
@@ -212,7 +212,7 @@ class Sink(procs.Child):
     name = "sink"
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "mailwarden.sandbox.sink", "--listen", self.address,
+        argv = [sys.executable, "-m", "harness.sink", "--listen", self.address,
                 "--dir", str(self.dir)]
         return argv + (["--reject-rcpt-regex", self.reject] if self.reject else [])
 
@@ -239,7 +239,7 @@ class Sink(procs.Child):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mailwarden.sandbox.sink")
+    p = argparse.ArgumentParser(prog="harness.sink")
     p.add_argument("--listen", required=True, help="HOST:PORT")
     p.add_argument("--dir", required=True)
     p.add_argument("--reject-rcpt-regex")

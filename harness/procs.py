@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,9 +70,27 @@ def wait_until(
     raise StartError(f"{what} not ready after {timeout_s:.0f}s{tail}")
 
 
+# The directory holding the `harness` package (the repository root). The harness is not
+# installed with the package, so a child `python -m harness.sink` started from another
+# working directory finds it through PYTHONPATH.
+HARNESS_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: ours) with the harness's root first on PYTHONPATH."""
+    out = dict(os.environ if env is None else env)
+    rest = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and p != HARNESS_ROOT]
+    out["PYTHONPATH"] = os.pathsep.join([HARNESS_ROOT, *rest])
+    return out
+
+
 def spawn(argv: Sequence[str], log: Path, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Run `argv` in its own session with stdout+stderr appended to `log`."""
+    """Run `argv` in its own session with stdout+stderr appended to `log`.
+
+    Python children get the harness's root on PYTHONPATH so `-m harness.X` imports."""
+    if argv and argv[0] == sys.executable:
+        env = child_env(env)
     with open(log, "ab") as out:
         return subprocess.Popen(
             list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
