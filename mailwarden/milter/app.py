@@ -58,9 +58,9 @@ class Runtime:
         with self.stats_lock:
             self.stats[key] = self.stats.get(key, 0) + 1
 
-    def stats_line(self) -> str:
+    def stats_line(self, *, final: bool = False) -> str:
         with self.stats_lock:
-            return " ".join(f"{k}={v}" for k, v in self.stats.items())
+            return logs.stats_line(self.stats, final=final)
 
 
 RUNTIME: Runtime | None = None
@@ -183,8 +183,9 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         spool.seek(0, 2)
         size = spool.tell()
         if size > self.rt.auth_max_bytes:
-            log.info("%s: authentication skipped: message of %d bytes is over "
-                     "auth.max_message_bytes", self.queue_id or "NOQUEUE", size)
+            log.info("%s", logs.event_line(
+                self.queue_id, f"authentication skipped: message of {size:d} bytes is over "
+                "auth.max_message_bytes"))
             return
         outcome = self.rt.auth.process(spool, client_ip=self.client_addr, helo=self.helo,
                                        mail_from=self.sender, ours=self._ours())
@@ -192,8 +193,7 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         self.header_changes = (outcome.remove_headers, outcome.add_headers)
         detail = outcome.log_detail()
         if detail and self.rt.log_accepts:
-            log.info("%s: auth: %s", self.queue_id or "NOQUEUE",
-                     " ".join(f"{k}={logs.quote(v)}" for k, v in detail.items()))
+            log.info("%s", logs.auth_line(self.queue_id, detail))
 
     def abort(self) -> int:
         self._close_spool()
@@ -270,7 +270,7 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
                     value = " " + value
                 self.addheader(field.name, value, 0)
         except Exception:  # the verdict stands; a header we could not change is logged
-            log.exception("%s: could not change headers", self.queue_id or "NOQUEUE")
+            log.exception("%s", logs.event_line(self.queue_id, "could not change headers"))
 
     def _release(self) -> None:
         """A refused message was already counted by policyd at END-OF-MESSAGE."""
@@ -279,11 +279,12 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         try:
             n = self.rt.releaser.release_queue_id(self.queue_id)
             if n:
-                log.info("%s: uncounted %d recipients of the refused message from the rate "
-                         "window", self.queue_id, n)
+                log.info("%s", logs.event_line(
+                    self.queue_id, f"uncounted {n:d} recipients of the refused message from "
+                    "the rate window"))
         except Exception as e:  # Redis trouble must not change the verdict
-            log.warning("%s: could not uncount refused message: %s", self.queue_id,
-                        logs.escape(str(e)))
+            log.warning("%s", logs.event_line(self.queue_id, "could not uncount refused message",
+                                              error=str(e)))
 
 
 def run(cfg: Config) -> int:
@@ -314,9 +315,9 @@ def run(cfg: Config) -> int:
         sd_notify("READY=1")
     interval = cfg["milter.stats_interval"]
     if interval > 0:
-        _every(interval, lambda: log.info("statistics: %s", RUNTIME.stats_line()))
+        _every(interval, lambda: log.info("%s", RUNTIME.stats_line()))
     Milter.runmilter("mailwarden", listen.libmilter(), int(cfg["milter.timeout"]))
-    log.info("stopped; statistics: %s", RUNTIME.stats_line())
+    log.info("%s", RUNTIME.stats_line(final=True))
     return 0
 
 

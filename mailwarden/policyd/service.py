@@ -8,10 +8,9 @@ happens when Redis does not answer in time.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from redis.exceptions import RedisError
 
@@ -20,7 +19,8 @@ from mailwarden.clock import Clock
 from mailwarden.config import Config
 from mailwarden.policyd.lockcache import LockCache
 from mailwarden.rules import ratelock
-from mailwarden.rules.ratelock import Classified, LockInfo, RateSettings, Scope
+from mailwarden.rules.ratelock import Classified, LockInfo, Scope
+from mailwarden.settings import Settings
 from mailwarden.store.redis_store import RedisStore
 from mailwarden.units import format_duration
 from mailwarden.verdict import Action, Verdict, defer
@@ -28,29 +28,6 @@ from mailwarden.verdict import Action, Verdict, defer
 log = logging.getLogger("mailwarden.policyd")
 
 DUNNO = "DUNNO"
-
-
-def rate_settings(cfg: Config) -> RateSettings:
-    overrides = cfg["ratelimit.overrides"]
-    p = cfg.profile
-    return RateSettings(
-        enabled=cfg["ratelimit.enabled"],
-        enforce=cfg["ratelimit.mode"] == "enforce",
-        limit=cfg["ratelimit.limit"],
-        window_s=cfg["ratelimit.window"],
-        count_unit=cfg["ratelimit.count"],
-        local_domains=cfg.local_domains,
-        include_subdomains=cfg["domains.include_subdomains"],
-        recipient_delimiter=cfg["domains.recipient_delimiter"],
-        trusted_networks=tuple(ipaddress.ip_network(n, strict=False)
-                               for n in cfg["policyd.trusted_networks"]),
-        limit_overrides={a.lower(): o["limit"] for a, o in overrides.items() if "limit" in o},
-        exempt=frozenset(a.lower() for a, o in overrides.items() if o.get("exempt")),
-        rate_citation=p.cite(p.ratelimit_article),
-        lock_citation=p.cite(p.lock_article),
-        manual_lock_citation=p.cite(p.manual_lock_article),
-        contact=cfg["lock.contact"],
-    )
 
 
 @dataclass
@@ -65,17 +42,18 @@ class Stats:
     extra: dict[str, int] = field(default_factory=dict)
 
     def line(self, since_s: float) -> str:
-        return (f"statistics: requests={self.requests} reject={self.reject} defer={self.defer} "
-                f"locks={self.locks} redis_errors={self.redis_errors} "
-                f"malformed={self.malformed} max_window={self.max_window} "
-                f"since {since_s:.0f}s")
+        return logs.stats_line({
+            "requests": self.requests, "reject": self.reject, "defer": self.defer,
+            "locks": self.locks, "redis_errors": self.redis_errors,
+            "malformed": self.malformed, "max_window": self.max_window, **self.extra},
+            since_s=since_s)
 
 
 class PolicyService:
     def __init__(self, cfg: Config, store: RedisStore, clock: Clock,
                  locks: LockCache | None = None) -> None:
         self.cfg = cfg
-        self.s = rate_settings(cfg)
+        self.s = Settings.from_config(cfg).rate
         self.store = store
         self.clock = clock
         self.on_error_defer = cfg["policyd.on_redis_error"] == "defer"
@@ -127,16 +105,14 @@ class PolicyService:
             return self._refuse(attrs, "RCPT", ratelock.locked(r.lock, self.s))
         if r.status == "over":
             verdict = ratelock.over_limit(c.account, r.count, self.s)
+            # One decision, one line: the refusal says whether it locked the account.
+            verdict = replace(verdict, detail={**verdict.detail, "limit": str(limit),
+                                               "locked": "yes" if r.lock else "no",
+                                               "account": c.account})
             if r.lock is not None:
                 self.locks.add(r.lock)
                 self.locks.save()
                 self.stats.locks += 1
-                log.warning("%s", logs.decision_line(
-                    queue_id=attrs.get("queue_id", ""), action="lock", stage="RCPT",
-                    client_name=attrs.get("client_name", ""),
-                    client_addr=attrs.get("client_address", ""), rule=verdict.rule,
-                    detail={"account": c.account, "count": str(r.count), "limit": str(limit)},
-                    article=verdict.article))
             return self._refuse(attrs, "RCPT", verdict)
         if self.log_accepts:
             log.info("%s", self._line(attrs, "RCPT", ratelock.accepted(count=str(r.count))))
@@ -144,7 +120,7 @@ class PolicyService:
 
     # -- END-OF-MESSAGE ------------------------------------------------------
     async def _end_of_message(self, attrs: Mapping[str, str]) -> str:
-        account = ratelock.sending_account(attrs, self.s)
+        account = ratelock.sending_account(attrs, self.s, end_of_message=True)
         if not account or account in self.s.exempt or not self.s.enabled:
             return DUNNO
         committed, count = await self.store.commit(
@@ -207,4 +183,4 @@ class PolicyService:
         self.locks.remove(account)
 
 
-__all__ = ["DUNNO", "LockInfo", "PolicyService", "Stats", "rate_settings"]
+__all__ = ["DUNNO", "LockInfo", "PolicyService", "Stats"]
