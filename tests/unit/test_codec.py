@@ -82,11 +82,44 @@ def test_buffer_is_released_after_each_request() -> None:
     assert d.buffered == 0
 
 
+def test_unfinished_request_is_bounded_before_its_end_arrives() -> None:
+    """Many short, complete lines and no empty line: refused at max_request_bytes,
+    not held until max_attributes lines of max_line_bytes each (800 KB by default)."""
+    d = Decoder(max_line_bytes=100, max_attributes=100, max_request_bytes=1000)
+    d.feed(b"request=smtpd_access_policy\n")
+    with pytest.raises(ProtocolError, match="request longer than 1000"):
+        for i in range(99):
+            d.feed(b"a%02d=%s\n" % (i, b"v" * 90))
+
+
+def test_complete_request_over_the_byte_cap_is_refused() -> None:
+    big = b"request=smtpd_access_policy\n" + b"".join(b"a%d=%s\n" % (i, b"v" * 50)
+                                                      for i in range(30)) + b"\n"
+    with pytest.raises(ProtocolError, match="request longer than 1000"):
+        Decoder(max_request_bytes=1000).feed(big)
+
+
+def test_unfinished_request_is_one_buffer_and_reset_frees_it() -> None:
+    d = Decoder()
+    d.feed(REQ[:-1])  # every attribute line, not the empty line
+    assert d.partial and d.buffered == len(REQ) - 1
+    d.reset()
+    assert not d.partial and d.buffered == 0
+    assert d.feed(REQ) == [Decoder().feed(REQ)[0]]
+
+
+def test_trickled_request_byte_by_byte_with_crlf() -> None:
+    d = Decoder()
+    data = REQ.replace(b"\n", b"\r\n") + REQ
+    got = [r for i in range(len(data)) for r in d.feed(data[i:i + 1])]
+    assert len(got) == 2 and got[0] == got[1] and d.buffered == 0
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=300), max_size=20))
 def test_arbitrary_bytes_never_crash_or_grow(chunks: list[bytes]) -> None:
     """Whatever arrives: requests, or ProtocolError; the buffer stays bounded."""
-    d = Decoder(max_line_bytes=256, max_attributes=8)
+    d = Decoder(max_line_bytes=256, max_attributes=8, max_request_bytes=1024)
     for chunk in chunks:
         try:
             for r in d.feed(chunk):
@@ -94,8 +127,8 @@ def test_arbitrary_bytes_never_crash_or_grow(chunks: list[bytes]) -> None:
                 assert len(r) <= 8
         except ProtocolError:
             return
-        assert d.buffered <= 256 + len(chunk)
-        assert d.buffered <= 256 or b"\n" not in bytes(chunk)
+        assert d.buffered <= 1024
+        assert d.partial == (d.buffered > 0)
 
 
 @settings(max_examples=200, deadline=None)
