@@ -22,11 +22,12 @@ from mailwarden.config import Config
 from mailwarden.milter.evaluate import ContentSettings, Envelope, Evaluation, evaluate
 from mailwarden.rules import attachments
 from mailwarden.rules.forwarding import parse_orcpt
-from mailwarden.verdict import Action, Verdict
+from mailwarden.verdict import Action, Verdict, reply_safe
 
 log = logging.getLogger("mailwarden.milter")
 
 _MAX_RCPTS_LOGGED = 50
+_MAX_REPLY_TEXT = 480  # an SMTP reply line is at most 512 octets with code and CRLF
 
 
 class Runtime:
@@ -244,8 +245,10 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
                     client_name=self.client_name, client_addr=self.client_addr, rule="none",
                     sender=self.sender, recipients=self.recipients[:_MAX_RCPTS_LOGGED]))
             return Milter.CONTINUE
+        # The rules already made message/operator text safe (verdict.reply_safe); this is
+        # the adapter's own guarantee: libmilter refuses CR/LF and reads "%" as a format.
         self.setreply(str(decisive.smtp_code), decisive.enhanced_code,
-                      decisive.text.replace("%", "%%"))
+                      reply_safe(decisive.text, _MAX_REPLY_TEXT).replace("%", "%%"))
         if decisive.action is Action.REJECT:
             self.rt.count("reject")
             if stage == "EOM":

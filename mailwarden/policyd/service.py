@@ -23,11 +23,12 @@ from mailwarden.rules.ratelock import Classified, LockInfo, Scope
 from mailwarden.settings import Settings
 from mailwarden.store.redis_store import RedisStore
 from mailwarden.units import format_duration
-from mailwarden.verdict import Action, Verdict, defer
+from mailwarden.verdict import Action, Verdict, defer, reply_safe
 
 log = logging.getLogger("mailwarden.policyd")
 
 DUNNO = "DUNNO"
+_MAX_REPLY_TEXT = 480  # an SMTP reply line is at most 512 octets with code and CRLF
 
 
 @dataclass
@@ -143,6 +144,9 @@ class PolicyService:
             article=v.article, reply=v.reply if v.action is not Action.ACCEPT else "")
 
     def _refuse(self, attrs: Mapping[str, str], stage: str, v: Verdict) -> str:
+        # The rules made message/operator text safe; the reply is one line of printable
+        # ASCII whatever a rule let through (a newline would end the policy answer).
+        v = replace(v, text=reply_safe(v.text, _MAX_REPLY_TEXT))
         if v.monitor:
             log.warning("%s", self._line(attrs, stage, v))
             return DUNNO

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from mailwarden.addresses import in_domains
 from mailwarden.auth.results import AuthResults, Result
-from mailwarden.verdict import Action, Verdict, defer, reject
+from mailwarden.verdict import Action, Verdict, defer, reject, reply_safe
 
 LOCAL_SPOOF = "auth.local_spoof"
 DMARC_REJECT = "auth.dmarc_reject"
@@ -44,6 +44,12 @@ class AuthRuleSettings:
     dmarc_reject: bool = False  # honour p=reject
     spf_fail_reject: bool = False  # refuse SPF fail of foreign domains
     dns_error_defer: bool = True  # a deciding DNS temperror: 451 (true) or accept and log
+
+
+def _shown(text: str) -> str:
+    """A domain or address from the message, fit for the reply text (printable ASCII,
+    no '%' or '"', bounded): the log line carries it exactly, escaped."""
+    return reply_safe(text, 100, unsafe='%"')
 
 
 def _logged(rule: str, citation: str, detail: dict[str, str]) -> Verdict:
@@ -104,10 +110,11 @@ def decide(r: AuthResults, s: AuthRuleSettings, *, ours: bool) -> list[Verdict]:
             where = "envelope sender" if domain == r.mail_from_domain else "From:"
             if domain == r.mail_from_domain and domain in r.from_domains:
                 where = "envelope sender and From:"
+            shown = _shown(domain)
             out.append(reject(
-                LOCAL_SPOOF, f"Thu mao danh ten mien {domain}: khong co SPF pass hay chu ky "
-                f"DKIM hop le cua {domain} ({s.citation}). Message claims to be from "
-                f"{domain} but is not authenticated by SPF or DKIM", s.citation,
+                LOCAL_SPOOF, f"Thu mao danh ten mien {shown}: khong co SPF pass hay chu ky "
+                f"DKIM hop le cua {shown} ({s.citation}). Message claims to be from "
+                f"{shown} but is not authenticated by SPF or DKIM", s.citation,
                 domain=domain, claimed_in=where, checks=r.summary()))
             break  # one refusal says it; the log line carries the checks
 
@@ -116,10 +123,11 @@ def decide(r: AuthResults, s: AuthRuleSettings, *, ours: bool) -> list[Verdict]:
         if spf.result is Result.FAIL:
             detail = {"domain": spf.domain, "client": r.client_ip, "identity": spf.identity}
             if s.spf_fail_reject:
+                shown, client = _shown(spf.domain), _shown(r.client_ip)
                 out.append(reject(
-                    SPF_FAIL, f"Ten mien {spf.domain} khong cho phep may {r.client_ip} gui "
-                    f"thu (SPF fail) ({s.citation}). SPF of {spf.domain} does not "
-                    f"authorize host {r.client_ip}", s.citation, detail=detail))
+                    SPF_FAIL, f"Ten mien {shown} khong cho phep may {client} gui "
+                    f"thu (SPF fail) ({s.citation}). SPF of {shown} does not "
+                    f"authorize host {client}", s.citation, detail=detail))
             else:
                 out.append(_logged(SPF_FAIL, s.citation, detail))
         elif spf.result is Result.TEMPERROR:
@@ -128,9 +136,10 @@ def decide(r: AuthResults, s: AuthRuleSettings, *, ours: bool) -> list[Verdict]:
     d = r.dmarc
     if d is not None and not _cover(d.from_domain, s):
         if d.result is Result.FAIL and d.disposition == "reject":
+            shown = _shown(d.from_domain)
             v = reject(DMARC_REJECT, f"Thu khong qua kiem tra DMARC; chinh sach cua "
-                       f"{d.from_domain} la tu choi ({s.citation}). DMARC policy of "
-                       f"{d.from_domain} rejects this unauthenticated message", s.citation,
+                       f"{shown} la tu choi ({s.citation}). DMARC policy of "
+                       f"{shown} rejects this unauthenticated message", s.citation,
                        domain=d.from_domain, policy=d.policy, checks=r.summary())
             out.append(v if s.dmarc_reject else replace(v, monitor=True))
         elif d.result is Result.TEMPERROR:
