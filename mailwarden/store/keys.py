@@ -1,4 +1,4 @@
-"""Every Redis key mailwarden uses is built here and nowhere else.
+"""Every Redis key and pub/sub channel mailwarden uses is built here and nowhere else.
 
 Per-account keys carry the account in braces ({alice@ninhbinh.gov.vn}), a
 Cluster hash tag, so one account's keys always share a slot. The lock index
@@ -25,6 +25,9 @@ class Keyspace:
         self.prefix = prefix
         self.lock_index = f"{prefix}:locks"  # SET of locked accounts
         self.audit = f"{prefix}:audit"  # STREAM of lock/unlock events
+        # Pub/sub channel (not a key): the scripts that set or lift a lock PUBLISH a JSON
+        # event here, and every policy daemon applies it to its lock list at once.
+        self.lock_channel = f"{prefix}:lock-events"
 
     def account(self, account: str, instance: str = "") -> AccountKeys:
         base = f"{self.prefix}:{{{account}}}"

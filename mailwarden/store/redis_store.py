@@ -10,8 +10,10 @@ command encodings into one, which is where redis-py spends its time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Sequence
+import json
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -24,6 +26,9 @@ from mailwarden.rules.ratelock import LockInfo
 from mailwarden.store.keys import Keyspace
 
 AUDIT_MAXLEN = 100_000  # lock/unlock events kept (approximate, MAXLEN ~)
+# The lock channel is quiet for hours: PING it after this long without a word, and give
+# up on the connection (resubscribe) when the PONG does not come within as long again.
+CHANNEL_PING_S = 15.0
 SCRIPT_NAMES = ("reserve", "commit", "release", "lock", "unlock")
 _MAX_BATCH = 256
 
@@ -41,6 +46,31 @@ class ReserveResult:
     status: str  # ok | dup | over | locked
     count: int
     lock: LockInfo | None = None
+
+
+@dataclass(frozen=True)
+class LockEvent:
+    """One message on the lock channel: a lock (with its LockInfo) or an unlock."""
+
+    action: str  # lock | unlock
+    account: str
+    by: str
+    lock: LockInfo | None  # set for "lock"
+
+    @classmethod
+    def parse(cls, data: bytes | str) -> LockEvent:
+        """ValueError for anything that is not an event our scripts publish."""
+        d = json.loads(data)
+        if not isinstance(d, dict) or d.get("action") not in ("lock", "unlock") \
+                or not isinstance(d.get("account"), str) or not d["account"]:
+            raise ValueError("not a lock event")
+        account, by = d["account"], str(d.get("by", ""))
+        lock = None
+        if d["action"] == "lock":
+            lock = LockInfo(account, str(d.get("reason", "")),
+                            int(str(d.get("since_ms", "0")) or 0) / 1000.0,
+                            str(d.get("kind", "manual")), by, int(d.get("count", 0) or 0))
+        return cls(d["action"], account, by, lock)
 
 
 @dataclass(frozen=True)
@@ -173,6 +203,7 @@ class RedisStore:
         ), (
             self._ms(now), self._ms(window_s), limit, member, self._ms(reserve_ttl_s),
             1 if enforce else 0, self._ms(lock_expire_s), account, lock_reason, AUDIT_MAXLEN,
+            self.keys.lock_channel,
         ))
         status, count = _s(raw[0]), int(raw[1])
         lock = None
@@ -207,15 +238,53 @@ class RedisStore:
                    kind: str = "manual") -> bool:
         k = self.keys.account(account)
         raw = await self._batch.call("lock", (k.lock, self.keys.lock_index, self.keys.audit),
-                                     (self._ms(now), account, reason, by, kind, AUDIT_MAXLEN))
+                                     (self._ms(now), account, reason, by, kind, AUDIT_MAXLEN,
+                                      self.keys.lock_channel))
         return int(raw) == 1
 
     async def unlock(self, account: str, *, reason: str, by: str) -> bool:
         k = self.keys.account(account)
         raw = await self._batch.call("unlock", (
             k.lock, self.keys.lock_index, self.keys.audit, k.window, k.pending,
-        ), (account, reason, by, AUDIT_MAXLEN))
+        ), (account, reason, by, AUDIT_MAXLEN, self.keys.lock_channel))
         return int(raw) == 1
+
+    async def watch_locks(self, on_event: Callable[[LockEvent], None],
+                          on_subscribed: Callable[[], Awaitable[None]]) -> None:
+        """Follow the lock channel until an error (raised: the caller resubscribes).
+
+        `on_subscribed` runs at each subscription confirmation, also when redis-py
+        reconnected and resubscribed on its own: events published in between are lost,
+        so that is where the caller refreshes its whole lock list. A dead connection
+        (no PONG) raises TimeoutError rather than waiting for ever."""
+        pubsub = self.client.pubsub()
+        loop = asyncio.get_running_loop()
+        try:
+            await pubsub.subscribe(self.keys.lock_channel)
+            heard, pinged = loop.time(), False
+            while True:
+                msg = await pubsub.get_message(timeout=1.0)
+                now = loop.time()
+                if msg is None:
+                    if now - heard > 2 * CHANNEL_PING_S:
+                        raise TimeoutError("no PONG on the lock channel")
+                    if now - heard > CHANNEL_PING_S and not pinged:
+                        await pubsub.ping()
+                        pinged = True
+                    continue
+                heard, pinged = now, False
+                kind = _s(msg.get("type", ""))
+                if kind == "subscribe":
+                    await on_subscribed()
+                elif kind == "message":
+                    try:
+                        event = LockEvent.parse(msg["data"])
+                    except (ValueError, TypeError, KeyError):
+                        continue  # not ours (someone else publishing): ignored
+                    on_event(event)
+        finally:
+            with contextlib.suppress(RedisError, OSError, RuntimeError):
+                await pubsub.aclose()
 
     async def get_lock(self, account: str) -> LockInfo | None:
         return _lock_from_hash(account, await self.client.hgetall(self.keys.account(account).lock))

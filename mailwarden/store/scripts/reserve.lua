@@ -10,7 +10,8 @@
 -- ARGV[1] now_ms  ARGV[2] window_ms  ARGV[3] limit  ARGV[4] member
 -- ARGV[5] reserve_ttl_ms  ARGV[6] enforce (1 = lock and refuse, 0 = monitor)
 -- ARGV[7] lock_expire_ms (0 = never)  ARGV[8] account  ARGV[9] lock reason
--- ARGV[10] audit_maxlen
+-- ARGV[10] audit_maxlen  ARGV[11] lock event channel (a new rate lock is PUBLISHed:
+-- every policy daemon enforces it at once)
 -- Returns {status, count, lock_reason, lock_since_ms, lock_kind}
 --   status "locked": the account is locked (nothing counted)
 --   status "dup":    member already counted for this window/transaction
@@ -45,6 +46,9 @@ if count > tonumber(ARGV[3]) then
     redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'action', 'lock',
                'account', ARGV[8], 'by', 'policyd', 'kind', 'rate', 'reason', ARGV[9],
                'count', count)
+    redis.call('PUBLISH', ARGV[11], cjson.encode({action = 'lock', account = ARGV[8],
+               reason = ARGV[9], since_ms = tostring(now), by = 'policyd', kind = 'rate',
+               count = count}))
     return {'over', count, ARGV[9], tostring(now), 'rate'}
   end
   reserve()
