@@ -4,16 +4,22 @@ A private Postfix relays to the sink byte for byte (it prepends exactly one
 Received: header), XCLIENT LOGIN turns a session into an authenticated one,
 `policy=` wires a policy service into both restriction stages, the queue
 helpers see deferred mail, instances run side by side and stop by PID with
-their children, and `python -m harness` comes up and goes down.
+their children, and `python -m harness` comes up and goes down: on every exit path
+(signals, a closed output pipe, a failed start) with every child stopped, restarting a
+child that dies, keeping mail queued by an earlier run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import select
 import signal
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -440,3 +446,217 @@ def test_make_run_sandbox_comes_up_delivers_and_stops_on_sigint(sandbox_root: Pa
     assert not _alive(master) and not procs.tcp_ready("127.0.0.1", port)()
     assert not (root / "redis" / "redis.sock").exists()
     assert not (root / "policyd.sock").exists()
+
+
+# -- `make run`: every way out stops every child; a dead child comes back ------------------
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (reaped or not, a zombie runs nothing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _processes_of(root: Path) -> list[str]:
+    """Running processes that belong to the sandbox in `root`: working directory inside
+    it (Postfix's daemons sit in the queue directory, redis and clamd in theirs) or its
+    path on the command line (our daemons' --config, the sink's --dir)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cwd = os.readlink(proc / "cwd")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+        except OSError:
+            continue
+        if (cwd == str(root) or cwd.startswith(f"{root}/") or str(root) in cmdline) \
+                and _running(int(proc.name)):
+            found.append(f"{proc.name} cwd={cwd} {cmdline[:200]}")
+    return found
+
+
+def _harness_pids(root: Path) -> dict[str, list[int]]:
+    data: dict[str, list[int]] = json.loads((root / "pids.json").read_text())
+    return data
+
+
+class Harness:
+    """`python -m harness` with its stdout (and stderr) on a pipe we read, like
+    `make run 2>&1 | tee run.log`."""
+
+    def __init__(self, root: Path, *args: str) -> None:
+        self.root = root
+        self.port = procs.free_port()
+        self.output = b""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", "--dir", str(root), "--port", str(self.port),
+             *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=procs.child_env(), start_new_session=True)
+
+    def read_until(self, text: str, timeout_s: float = 90.0) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout_s
+        while text.encode() not in self.output:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{text!r} not in the harness's output:\n{self.output.decode()}"
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                assert chunk, f"harness exited before {text!r}:\n{self.output.decode()}"
+                self.output += chunk
+
+    def close_reader(self) -> None:
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()  # the reader is gone: the next write gets EPIPE
+
+    def log(self) -> str:
+        path = self.root / "harness.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def cleanup(self) -> None:
+        """After a failed test: stop whatever is left, by the PIDs the harness recorded."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
+        with contextlib.suppress(OSError, ValueError):
+            for pids in _harness_pids(self.root).values():
+                for pid in reversed(pids):
+                    if _running(pid):
+                        procs.stop_pid(pid)
+
+    def assert_everything_stopped(self, pids: dict[str, list[int]]) -> None:
+        left = {name: [p for p in ps if _running(p)] for name, ps in pids.items()}
+        assert not any(left.values()), f"still running: {left}\n{self.log()}"
+        procs.wait_until(lambda: not _processes_of(self.root), 10,
+                         f"sandbox processes gone: {_processes_of(self.root)}")
+        assert not procs.tcp_ready("127.0.0.1", self.port)()
+
+
+@pytest.mark.parametrize(("how", "args"), [
+    pytest.param("SIGINT", (), id="sigint-full-sandbox"),
+    pytest.param("SIGTERM", ("--no-milter",), id="sigterm"),
+    pytest.param("SIGHUP", ("--no-milter",), id="sighup"),
+    pytest.param(None, ("--no-milter",), id="reader-gone-no-signal"),
+])
+def test_make_run_piped_stops_every_child_when_the_reader_goes(
+        sandbox_root: Path, how: str | None, args: tuple[str, ...]) -> None:
+    """`make run 2>&1 | tee run.log`, then Ctrl-C (tee dies first): the harness used to
+    die of BrokenPipeError and leave Redis, clamd, both daemons and Postfix running."""
+    root = sandbox_root / f"piped-{how or 'none'}"
+    h = Harness(root, *args)
+    try:
+        h.read_until("sandbox is up")
+        pids = _harness_pids(root)
+        expected = {"harness", "redis-server", "sink", "policyd", "postfix"}
+        expected |= set() if args else {"clamd", "milter"}
+        assert set(pids) == expected and all(pids.values()), pids
+        assert len(pids["postfix"]) == 2  # the start-fg wrapper and the master
+        assert all(_running(p) for ps in pids.values() for p in ps)
+        h.close_reader()
+        if how is not None:
+            h.proc.send_signal(getattr(signal, how))
+        assert h.proc.wait(60) == 0, h.log()
+        h.assert_everything_stopped(pids)
+        log = h.log()
+        assert "sandbox stopped" in log
+        assert f"stopping ({how or 'output closed'})" in log
+        assert "Traceback" not in log
+    finally:
+        h.cleanup()
+
+
+def test_make_run_stops_what_it_started_when_start_up_fails(sandbox_root: Path) -> None:
+    root = sandbox_root / "start-fails"
+    with socket.socket() as taken:  # Postfix, started last, cannot have its port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        h = Harness(root, "--no-milter")
+        h.port = taken.getsockname()[1]
+        h.proc.kill()  # that one got a free port; start again on the taken one
+        h.proc.wait(30)
+        h.cleanup()
+        h.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", "--dir", str(root), "--port", str(h.port),
+             "--no-milter"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=procs.child_env(), start_new_session=True)
+        try:
+            assert h.proc.wait(90) == 1
+            assert h.proc.stdout is not None
+            out = h.proc.stdout.read().decode(errors="replace")
+            assert "could not start" in out and "already in use" in out, out
+            pids = _harness_pids(root)
+            assert {"redis-server", "sink", "policyd"} <= set(pids), pids
+            left = {n: [p for p in ps if _running(p)] for n, ps in pids.items()}
+            assert not any(left.values()), left
+            procs.wait_until(lambda: not _processes_of(root), 10, "sandbox processes gone")
+        finally:
+            h.cleanup()
+
+
+def test_make_run_restarts_a_daemon_that_dies(sandbox_root: Path) -> None:
+    root = sandbox_root / "restart"
+    h = Harness(root, "--no-milter")
+    try:
+        h.read_until("sandbox is up")
+        first = _harness_pids(root)["policyd"][0]
+        os.kill(first, signal.SIGKILL)
+        h.read_until("policyd restarted", 60)
+        assert b"policyd died (status -9); restarting it" in h.output
+        pids = _harness_pids(root)
+        [dead, new] = pids["policyd"]
+        assert dead == first and _running(new) and h.proc.poll() is None
+        # the new one answers Postfix: an inbound message is accepted and delivered
+        t = send(h.port, "someone@gmail.com", ["alice@ninhbinh.gov.vn"],
+                 message("alice@ninhbinh.gov.vn"))
+        assert t.data is not None and t.data[0] == 250, t
+        procs.wait_until(lambda: any((root / "mail").glob("*.eml")), 30, "mail delivered")
+        h.proc.send_signal(signal.SIGINT)
+        assert h.proc.wait(60) == 0, h.log()
+        h.assert_everything_stopped(pids)
+    finally:
+        h.cleanup()
+
+
+def test_make_run_keeps_mail_queued_by_an_earlier_run(sandbox_root: Path) -> None:
+    """Mail Postfix accepted but had not delivered when the sandbox stopped is delivered by
+    the next `make run` (it used to wipe the queue at start)."""
+    root = sandbox_root / "queue-kept"
+    etc = str(root / "postfix" / "etc")
+    first = Harness(root, "--no-milter", "--no-policyd")
+    try:
+        first.read_until("sandbox is up")
+        # hold outbound delivery in this run only: the next run rewrites main.cf
+        subprocess.run(["postconf", "-c", etc, "-e", "defer_transports = relay, smtp"],
+                       check=True, timeout=30)
+        subprocess.run(["postfix", "-c", etc, "reload"], check=True, capture_output=True,
+                       timeout=30)
+        maillog = root / "postfix" / "maillog"
+        procs.wait_until(lambda: "reload -- version" in maillog.read_text(), 30,
+                         "postfix reloaded")
+        t = send(first.port, "someone@gmail.com", ["bob@ninhbinh.gov.vn"],
+                 message("bob@ninhbinh.gov.vn", subject="queued"))
+        assert t.data is not None and t.data[0] == 250, t
+        procs.wait_until(lambda: "deferred transport" in maillog.read_text(), 30,
+                         "message deferred")
+        first.proc.send_signal(signal.SIGINT)
+        assert first.proc.wait(60) == 0, first.log()
+    finally:
+        first.cleanup()
+    assert not any((root / "mail").glob("*.eml"))
+    second = Harness(root, "--no-milter", "--no-policyd")
+    try:
+        second.read_until("sandbox is up")
+        procs.wait_until(lambda: any((root / "mail").glob("*.eml")), 30,
+                         "the earlier run's mail delivered")
+        [eml] = (root / "mail").glob("*.eml")
+        assert b"Subject: queued" in eml.read_bytes()
+        assert (root / "postfix" / "maillog.prev").exists()
+        second.proc.send_signal(signal.SIGINT)
+        assert second.proc.wait(60) == 0, second.log()
+    finally:
+        second.cleanup()
