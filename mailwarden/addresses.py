@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass
 
 
@@ -29,21 +30,47 @@ class ListenAddress:
         return f"{fam}:{self.port}@{self.host}"
 
 
+# sockaddr_un.sun_path is 108 bytes on Linux, one of them the terminating NUL.
+UNIX_PATH_MAX = 107
+
+
 def parse_listen(text: str) -> ListenAddress:
-    """Parse "inet:127.0.0.1:10031", "inet:[::1]:10031" or "unix:/run/x.sock"."""
-    if text.startswith("unix:"):
-        path = text[5:]
-        if not path.startswith("/"):
-            raise ValueError(f"{text!r}: a unix socket needs an absolute path")
-        return ListenAddress("unix", path=path)
-    if text.startswith("inet:"):
-        rest = text[5:]
+    """THE parser of socket addresses in Postfix notation, for every socket we listen on
+    or connect to (policyd.listen, milter.listen, antivirus.clamd):
+
+        unix:/PATH         absolute, at most 107 bytes (sun_path), no NUL
+        inet:HOST:PORT     HOST a name or an IPv4 address; PORT 1..65535
+        inet:[V6]:PORT     an IPv6 address, always in brackets
+
+    Raises ValueError with a message fit for a config error (`'text': what is wrong`).
+    """
+    kind, sep, rest = text.partition(":")
+    if kind == "unix" and sep:
+        if not rest.startswith("/"):
+            raise ValueError(f"{text!r}: a unix socket needs an absolute path (unix:/PATH)")
+        if "\0" in rest:
+            raise ValueError(f"{text!r}: NUL in the socket path")
+        if len(rest.encode("utf-8", "surrogateescape")) > UNIX_PATH_MAX:
+            raise ValueError(f"{text!r}: unix socket path longer than {UNIX_PATH_MAX} bytes")
+        return ListenAddress("unix", path=rest)
+    if kind == "inet" and sep:
         if rest.startswith("["):
-            host, sep, port_s = rest[1:].partition("]:")
+            host, closed, tail = rest[1:].partition("]")
+            if not closed or not tail.startswith(":"):
+                raise ValueError(f"{text!r}: expected inet:[IPv6]:PORT")
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
+            port_s = tail[1:]
         else:
-            host, sep, port_s = rest.rpartition(":")
-        if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-            raise ValueError(f"{text!r}: expected inet:HOST:PORT (IPv6 as inet:[::1]:PORT)")
+            host, colon, port_s = rest.rpartition(":")
+            if not colon or not host:
+                raise ValueError(f"{text!r}: expected inet:HOST:PORT (IPv6 as inet:[::1]:PORT)")
+            if ":" in host:
+                raise ValueError(f"{text!r}: write IPv6 addresses in brackets, inet:[::1]:PORT")
+        if not (port_s.isascii() and port_s.isdigit()) or not 0 < int(port_s) < 65536:
+            raise ValueError(f"{text!r}: port must be a number 1..65535")
         return ListenAddress("inet", host=host, port=int(port_s))
     raise ValueError(f"{text!r}: expected inet:HOST:PORT or unix:/PATH (Postfix notation)")
 

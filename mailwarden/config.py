@@ -58,6 +58,14 @@ def _listen(v: Any) -> None:
     parse_listen(v)
 
 
+def _socket_mode(v: Any) -> None:
+    """An octal file mode such as "0660" (it is parsed with int(v, 8) at start)."""
+    if not (isinstance(v, str) and 3 <= len(v) <= 4 and all(c in "01234567" for c in v)):
+        raise ValueError(f"{v!r}: expected an octal mode like \"0660\"")
+    if int(v, 8) > 0o777:
+        raise ValueError(f"{v!r}: only permission bits (at most 0777)")
+
+
 def _networks(v: Any) -> None:
     for item in v:
         if not isinstance(item, str):
@@ -159,7 +167,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("policyd.listen", "str", "inet:127.0.0.1:10031",
         "Where the policy daemon listens, in Postfix notation: inet:HOST:PORT or unix:/PATH.",
         _listen),
-    Key("policyd.socket_mode", "str", "0660", "File mode of a unix: listen socket."),
+    Key("policyd.socket_mode", "str", "0660", "File mode of a unix: listen socket.",
+        _socket_mode),
     Key("policyd.trusted_networks", "list", ["127.0.0.0/8", "::1/128"],
         "Clients whose envelope sender in a local domain counts as the sending account "
         "when there is no SASL login (webmail, your mailbox servers).", _networks),
@@ -190,7 +199,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("milter.listen", "str", "inet:127.0.0.1:8899",
         "Where the milter listens, in Postfix notation (the string for smtpd_milters): "
         "inet:HOST:PORT or unix:/PATH.", _listen),
-    Key("milter.socket_mode", "str", "0660", "File mode of a unix: listen socket."),
+    Key("milter.socket_mode", "str", "0660", "File mode of a unix: listen socket.",
+        _socket_mode),
     Key("milter.timeout", "duration", 240.0,
         "libmilter's I/O timeout with Postfix (Postfix's milter_content_timeout is 300s).",
         _positive),
@@ -241,7 +251,7 @@ SCHEMA: tuple[Key, ...] = (
         "enforce = refuse infected mail; monitor = log, accept.", _choices("enforce", "monitor")),
     Key("antivirus.clamd", "str", "unix:/run/clamav/clamd.ctl",
         "clamd's socket: unix:/PATH or inet:HOST:PORT. clamd's StreamMaxLength must be "
-        "above the raw message size (docs/milter.md)."),
+        "above the raw message size (docs/milter.md).", _listen),
     Key("antivirus.timeout", "duration", 60.0, "Time for one message's scan, all parts.",
         _positive),
     Key("antivirus.on_clamd_error", "str", "defer",

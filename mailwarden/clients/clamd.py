@@ -28,21 +28,23 @@ connection per part against one session for all parts, and the difference is noi
 from __future__ import annotations
 
 import enum
-import ipaddress
 import math
 import socket
 import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import BinaryIO, Literal, TypeAlias, cast
+from typing import BinaryIO, TypeAlias, cast
+
+from mailwarden.addresses import UNIX_PATH_MAX, ListenAddress, parse_listen
+
+__all__ = ["UNIX_PATH_MAX", "ClamdAddress", "ScanOutcome", "ScanStatus", "parse_address",
+           "parse_reply", "ping", "scan_many", "scan_stream", "version"]
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_REPLY_BYTES = 4096
 MAX_ERROR_CHARS = 160
-# sockaddr_un.sun_path is 108 bytes on Linux, one of them the terminating NUL.
-UNIX_PATH_MAX = 107
 
 _LIMITS_PREFIX = "Heuristics.Limits.Exceeded"
 _TERMINATOR = struct.pack(">I", 0)
@@ -73,63 +75,18 @@ class ScanOutcome:
         return self.status is ScanStatus.INFECTED
 
 
-@dataclass(frozen=True)
-class ClamdAddress:
-    """Where clamd listens, in Postfix notation: `unix:/path` or `inet:host:port`."""
-
-    family: Literal["unix", "inet"]
-    path: str = ""
-    host: str = ""
-    port: int = 0
-
-    def __str__(self) -> str:
-        if self.family == "unix":
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"inet:{host}:{self.port}"
+# Where clamd listens: the one Postfix-notation address type and parser (addresses.py),
+# the same notation as policyd.listen and milter.listen.
+ClamdAddress = ListenAddress
 
 
 def parse_address(text: str) -> ClamdAddress:
-    """Parse `unix:/abs/path`, `inet:127.0.0.1:3310`, `inet:[::1]:3310`, `inet:localhost:3310`.
-
-    Raises ValueError with a message fit for a config error.
-    """
-    kind, sep, rest = text.partition(":")
-    if not sep:
-        raise ValueError(f"clamd address {text!r}: expected unix:/path or inet:host:port")
-    if kind == "unix":
-        if not rest.startswith("/"):
-            raise ValueError(f"clamd address {text!r}: unix socket path must be absolute")
-        if len(rest.encode()) > UNIX_PATH_MAX:
-            raise ValueError(
-                f"clamd address {text!r}: unix socket path longer than {UNIX_PATH_MAX} bytes")
-        if "\0" in rest:
-            raise ValueError(f"clamd address {text!r}: NUL in path")
-        return ClamdAddress("unix", path=rest)
-    if kind == "inet":
-        host, port_text = _split_host_port(text, rest)
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"clamd address {text!r}: port must be 1..65535")
-        return ClamdAddress("inet", host=host, port=int(port_text))
-    raise ValueError(f"clamd address {text!r}: unknown type {kind!r} (use unix: or inet:)")
-
-
-def _split_host_port(text: str, rest: str) -> tuple[str, str]:
-    if rest.startswith("["):
-        host, sep, tail = rest[1:].partition("]")
-        if not sep or not tail.startswith(":"):
-            raise ValueError(f"clamd address {text!r}: expected inet:[v6addr]:port")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"clamd address {text!r}: {host!r} is not an IPv6 address") from None
-        return host, tail[1:]
-    host, sep, port_text = rest.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"clamd address {text!r}: expected inet:host:port")
-    if ":" in host:
-        raise ValueError(f"clamd address {text!r}: write IPv6 addresses as inet:[addr]:port")
-    return host, port_text
+    """Parse `unix:/abs/path`, `inet:127.0.0.1:3310`, `inet:[::1]:3310`, `inet:localhost:3310`
+    with addresses.parse_listen. Raises ValueError with a message fit for a config error."""
+    try:
+        return parse_listen(text)
+    except ValueError as e:
+        raise ValueError(f"clamd address {e}") from None
 
 
 def parse_reply(reply: bytes) -> ScanOutcome:

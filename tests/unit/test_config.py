@@ -89,3 +89,65 @@ def test_default_profile_holds_the_regulation_numbers() -> None:
     assert (p.ratelimit_limit, p.ratelimit_window_s) == (250, 600.0)
     assert p.attachments_max_bytes == 30 * 1024 * 1024
     assert p.cite(p.ratelimit_article) == "QD 162/2025/QD-UBND Dieu 7.2.b"
+
+
+# --- checked at start, not at first use (issue 9) ---------------------------------------------
+
+@pytest.mark.parametrize("text,message", [
+    pytest.param('[antivirus]\nclamd = "/run/clamav/clamd.ctl"\n',
+                 "antivirus.clamd: '/run/clamav/clamd.ctl': expected inet:HOST:PORT or "
+                 "unix:/PATH", id="clamd-no-type"),
+    pytest.param('[antivirus]\nclamd = "tcp:127.0.0.1:3310"\n', "antivirus.clamd: ",
+                 id="clamd-tcp"),
+    pytest.param('[antivirus]\nclamd = "inet:127.0.0.1:3310a"\n',
+                 "antivirus.clamd: 'inet:127.0.0.1:3310a': port must be a number 1..65535",
+                 id="clamd-port-typo"),
+    pytest.param('[antivirus]\nclamd = "unix:run/clamd.ctl"\n', "absolute path",
+                 id="clamd-relative"),
+    pytest.param('[antivirus]\nclamd = "inet:::1:3310"\n', "brackets", id="clamd-bare-v6"),
+    pytest.param('[milter]\nlisten = "unix:/' + "d" * 120 + '"\n', "longer than 107 bytes",
+                 id="milter-listen-too-long"),
+    pytest.param('[policyd]\nsocket_mode = "0x660"\n', "policyd.socket_mode: '0x660': "
+                 "expected an octal mode", id="policyd-mode-hex"),
+    pytest.param('[milter]\nsocket_mode = "0668"\n', "milter.socket_mode: '0668'",
+                 id="milter-mode-not-octal"),
+    pytest.param('[milter]\nsocket_mode = "rw-rw----"\n', "milter.socket_mode",
+                 id="milter-mode-symbolic"),
+    pytest.param('[milter]\nsocket_mode = "4770"\n', "at most 0777", id="milter-mode-setuid"),
+])
+def test_sockets_are_checked_at_start(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("antivirus.clamd", "unix:/run/clamav/clamd.ctl"),
+    ("antivirus.clamd", "inet:127.0.0.1:3310"),
+    ("antivirus.clamd", "inet:[::1]:3310"),
+    ("antivirus.clamd", "inet:localhost:3310"),
+    ("policyd.socket_mode", "0660"),
+    ("milter.socket_mode", "660"),
+    ("milter.socket_mode", "0600"),
+])
+def test_good_socket_settings_load(key: str, value: str) -> None:
+    assert load_config(None, {key: value})[key] == value
+
+
+def test_config_check_command_reports_a_clamd_typo(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from mailwarden.cli import main
+
+    path = write(tmp_path, '[antivirus]\nclamd = "inet:127.0.0.1"\n')
+    assert main(["config", "check", "-c", str(path)]) != 0
+    err = capsys.readouterr().err
+    assert f"{path}: antivirus.clamd: 'inet:127.0.0.1': expected inet:HOST:PORT" in err
+
+
+def test_one_parser_for_postfix_socket_notation() -> None:
+    from mailwarden.addresses import ListenAddress, parse_listen
+    from mailwarden.clients import clamd
+
+    assert clamd.ClamdAddress is ListenAddress
+    assert clamd.parse_address("inet:[::1]:3310") == parse_listen("inet:[::1]:3310")
