@@ -8,6 +8,7 @@ happens when Redis does not answer in time.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -19,8 +20,7 @@ from mailwarden.clock import Clock
 from mailwarden.config import Config
 from mailwarden.policyd.lockcache import LockCache
 from mailwarden.rules import ratelock
-from mailwarden.rules.ratelock import Classified, LockInfo, Scope
-from mailwarden.settings import Settings
+from mailwarden.rules.ratelock import Classified, LockInfo, RateSettings, Scope
 from mailwarden.store.redis_store import RedisStore
 from mailwarden.units import format_duration
 from mailwarden.verdict import Action, Verdict, defer, reply_safe
@@ -29,6 +29,29 @@ log = logging.getLogger("mailwarden.policyd")
 
 DUNNO = "DUNNO"
 _MAX_REPLY_TEXT = 480  # an SMTP reply line is at most 512 octets with code and CRLF
+
+
+def rate_settings(cfg: Config) -> RateSettings:
+    overrides = cfg["ratelimit.overrides"]
+    p = cfg.profile
+    return RateSettings(
+        enabled=cfg["ratelimit.enabled"],
+        enforce=cfg["ratelimit.mode"] == "enforce",
+        limit=cfg["ratelimit.limit"],
+        window_s=cfg["ratelimit.window"],
+        count_unit=cfg["ratelimit.count"],
+        local_domains=cfg.local_domains,
+        include_subdomains=cfg["domains.include_subdomains"],
+        recipient_delimiter=cfg["domains.recipient_delimiter"],
+        trusted_networks=tuple(ipaddress.ip_network(n, strict=False)
+                               for n in cfg["policyd.trusted_networks"]),
+        limit_overrides={a.lower(): o["limit"] for a, o in overrides.items() if "limit" in o},
+        exempt=frozenset(a.lower() for a, o in overrides.items() if o.get("exempt")),
+        rate_citation=p.cite(p.ratelimit_article),
+        lock_citation=p.cite(p.lock_article),
+        manual_lock_citation=p.cite(p.manual_lock_article),
+        contact=cfg["lock.contact"],
+    )
 
 
 @dataclass
@@ -54,7 +77,7 @@ class PolicyService:
     def __init__(self, cfg: Config, store: RedisStore, clock: Clock,
                  locks: LockCache | None = None) -> None:
         self.cfg = cfg
-        self.s = Settings.from_config(cfg).rate
+        self.s = rate_settings(cfg)
         self.store = store
         self.clock = clock
         self.on_error_defer = cfg["policyd.on_redis_error"] == "defer"
@@ -121,7 +144,7 @@ class PolicyService:
 
     # -- END-OF-MESSAGE ------------------------------------------------------
     async def _end_of_message(self, attrs: Mapping[str, str]) -> str:
-        account = ratelock.sending_account(attrs, self.s, end_of_message=True)
+        account = ratelock.sending_account(attrs, self.s)
         if not account or account in self.s.exempt or not self.s.enabled:
             return DUNNO
         committed, count = await self.store.commit(
@@ -187,4 +210,4 @@ class PolicyService:
         self.locks.remove(account)
 
 
-__all__ = ["DUNNO", "LockInfo", "PolicyService", "Stats"]
+__all__ = ["DUNNO", "LockInfo", "PolicyService", "Stats", "rate_settings"]
