@@ -1,10 +1,14 @@
-"""Addresses: listen notation, mailbox normalisation, domain classification."""
+"""Addresses: listen notation, mailbox normalisation, domain classification, and
+the one definition of which mail is "ours"."""
 
 from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,29 @@ def split_address(address: str) -> tuple[str, str]:
     return local, domain.lower().rstrip(".")
 
 
+def routed_domains(address: str) -> tuple[str, ...]:
+    """Every domain Postfix may deliver `address` to, lower-cased.
+
+    Besides the domain after the last "@", Postfix routes on the local part when the
+    domain is its own: "user%gmail.com@here" (allow_percent_hack), "gmail.com!user@here"
+    and a bare "gmail.com!user" (swap_bangpath, default yes) and a quoted
+    "\"user@gmail.com\"@here" all end at gmail.com. An address is provably local only
+    when every domain here is local; a bare "user" has none (Postfix appends
+    $myorigin, ours).
+    """
+    local, domain = split_address(address)
+    local = local.strip('"')
+    found = [domain] if domain else []
+    # Postfix peels "@" first, then "%", then "!" (trivial-rewrite's resolve order);
+    # taking every candidate rather than the exact order keeps this fail-safe.
+    for part in local.replace("%", "@").split("@")[1:]:
+        found.append(part.split("!")[0])
+    head, bang, _ = local.partition("!")
+    if bang:
+        found.append(head.rpartition("@")[2].rpartition("%")[2])
+    return tuple(dict.fromkeys(d.lower().rstrip(".") for d in found if d))
+
+
 def mailbox_key(address: str, delimiter: str = "+") -> str:
     """The mailbox an address delivers to: lower-case, without +extension.
 
@@ -122,3 +149,59 @@ def classify_domain(domain: str, local: tuple[str, ...], subdomains: bool,
     if in_domains(domain, state_allow, True) or in_domains(domain, state_suffixes, True):
         return AddressClass.STATE
     return AddressClass.PRIVATE
+
+
+def in_networks(client_addr: str, networks: Iterable[Network]) -> bool:
+    """Is this client address (as Postfix or a milter gives it) inside one of `networks`?"""
+    try:
+        ip = ipaddress.ip_address(client_addr.strip().strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in n for n in networks)
+
+
+@dataclass(frozen=True)
+class Ours:
+    """Which domains, clients and mail are ours: the one definition every rule uses.
+
+    Mail is ours (sent by the province) when the client logged in, or is one of our
+    trusted hosts, or -- whatever the client -- Postfix agreed to relay it to a domain
+    outside `local_domains` and `relay_domains`: Postfix relays only for clients it
+    trusts (permit_mynetworks, permit_sasl_authenticated), so an outside domain among
+    the accepted recipients proves the client is one of ours.
+    """
+
+    local_domains: tuple[str, ...]
+    include_subdomains: bool = True
+    recipient_delimiter: str = "+"
+    trusted_networks: tuple[Network, ...] = ()
+    relay_domains: tuple[str, ...] = ()  # accepted from anyone, yet not ours
+
+    def is_local_domain(self, domain: str) -> bool:
+        return in_domains(domain, self.local_domains, self.include_subdomains)
+
+    def is_local_address(self, address: str) -> bool:
+        """Provably delivered inside: every domain Postfix could route it to is ours."""
+        domains = routed_domains(address)
+        return all(self.is_local_domain(d) for d in domains)
+
+    def is_external_recipient(self, address: str) -> bool:
+        """Delivered outside our domains (bang paths and percent hacks included)."""
+        return not self.is_local_address(address)
+
+    def trusted_client(self, client_addr: str) -> bool:
+        return in_networks(client_addr, self.trusted_networks)
+
+    def relayed_outside(self, recipients: Iterable[str]) -> bool:
+        """Did Postfix accept a recipient outside every domain it takes from anyone?"""
+        for r in recipients:
+            domains = routed_domains(r)
+            if any(not self.is_local_domain(d) and not in_domains(d, self.relay_domains, True)
+                   for d in domains):
+                return True
+        return False
+
+    def sent_by_us(self, *, authenticated: bool, client_addr: str,
+                   recipients: Iterable[str] = ()) -> bool:
+        return (authenticated or self.trusted_client(client_addr)
+                or self.relayed_outside(recipients))

@@ -111,10 +111,11 @@ def cmd_milter(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     """Offline: the milter's verdict on FILE.eml, with every reason."""
-    from mailwarden.milter.evaluate import ContentSettings, Envelope, evaluate
+    from mailwarden.milter.evaluate import Envelope, evaluate
+    from mailwarden.settings import Settings
     from mailwarden.verdict import Action
 
-    settings = ContentSettings.from_config(cfg)
+    settings = Settings.from_config(cfg).content
     if args.no_scan:
         settings = replace(settings, scan=False)
     try:
@@ -158,9 +159,10 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_forwarding(args: argparse.Namespace, cfg: Config) -> int:
     from mailwarden import forwarding_audit
+    from mailwarden.settings import Settings
 
-    p = cfg.profile
-    return forwarding_audit.main(args, cfg.values, citation=p.cite(p.forwarding_article))
+    settings = Settings.from_config(cfg)
+    return forwarding_audit.main(args, settings.content.forwarding, settings.audit)
 
 
 def cmd_dkim(args: argparse.Namespace, cfg: Config) -> int:
@@ -241,7 +243,9 @@ def cmd_lock(args: argparse.Namespace, cfg: Config) -> int:
     account = _account(cfg, args.address)
     new = _with_store(cfg, lambda st: st.lock(account, reason=args.reason, by=args.by,
                                               now=time.time(), kind="manual"))
-    print(f"{account}: {'locked' if new else 'was already locked; reason updated'}")
+    print(f"{account}: {'locked' if new else 'was already locked; reason updated'}; "
+          f"running policy daemons apply it at once (published), at the latest within "
+          f"{cfg['policyd.lock_refresh']:g}s")
     return EXIT_OK
 
 
@@ -251,17 +255,17 @@ def cmd_unlock(args: argparse.Namespace, cfg: Config) -> int:
     if not lifted:
         print(f"{account}: was not locked (window counters cleared)")
         return EXIT_FAIL
-    print(f"{account}: unlocked; policy daemons pick this up within "
-          f"{cfg['policyd.lock_refresh']:g}s")
+    print(f"{account}: unlocked; running policy daemons apply it at once (published), "
+          f"at the latest within {cfg['policyd.lock_refresh']:g}s")
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
-    from mailwarden.policyd.service import rate_settings
     from mailwarden.rules.ratelock import limit_for
+    from mailwarden.settings import Settings
 
     account = _account(cfg, args.address)
-    s = rate_settings(cfg)
+    s = Settings.from_config(cfg).rate
     st = _with_store(cfg, lambda store: store.status(account, now=time.time(),
                                                      window_s=s.window_s))
     limit = "exempt" if account in s.exempt else str(limit_for(account, s))

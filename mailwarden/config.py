@@ -39,6 +39,9 @@ class Key:
     doc: str
     check: Check | None = None
     example: str = ""  # shown commented out in the sample when default is None/empty
+    # The Profile attribute that supplies the value when the file does not set it
+    # (or sets it empty): the one place profile numbers are mapped to keys.
+    profile: str = ""
 
 
 def _choices(*allowed: str) -> Check:
@@ -131,25 +134,36 @@ SCHEMA: tuple[Key, ...] = (
     # -- domains ------------------------------------------------------------
     Key("domains.local", "list", None,
         "The province's own domains (internal); empty = the profile's local_domains.",
-        _strings, example='["ninhbinh.gov.vn"]'),
+        _strings, example='["ninhbinh.gov.vn"]', profile="local_domains"),
     Key("domains.include_subdomains", "bool", True,
         "Count sub.ninhbinh.gov.vn as local too (agency subdomains)."),
     Key("domains.recipient_delimiter", "str", "+",
         "Postfix recipient_delimiter: user+tag@ is the same mailbox as user@; empty = off."),
+    Key("domains.trusted_networks", "list", ["127.0.0.0/8", "::1/128"],
+        "Our own hosts (webmail, mailbox servers, the MTA itself). Mail is ours when the "
+        "client logged in (SASL), or is in this list, or Postfix agreed to relay it to a "
+        "domain outside domains.local and domains.relay_domains (it only relays for clients "
+        "it trusts). Ours: counted against the sender's limit, DKIM-signed, judged by the "
+        "outbound forwarding rule. (Was policyd.trusted_networks.)", _networks),
+    Key("domains.relay_domains", "list", [],
+        "Other domains this Postfix accepts mail for from anyone (its relay_domains or "
+        "backup-MX domains besides domains.local): mail to them does not make the client "
+        "ours.", _strings, example='["partner.gov.vn"]'),
     # -- ratelimit ----------------------------------------------------------
     Key("ratelimit.enabled", "bool", None, "Enforce the outbound external-recipient limit; "
-        "unset = the profile's choice."),
+        "unset = the profile's choice.", profile="ratelimit_enabled"),
     Key("ratelimit.mode", "str", "enforce",
         "enforce = refuse and lock; monitor = log what would be refused, refuse nothing.",
         _choices("enforce", "monitor")),
     Key("ratelimit.limit", "int", None,
         "External recipients (or messages) allowed per window; unset = the profile's.",
-        _positive, example="250"),
+        _positive, example="250", profile="ratelimit_limit"),
     Key("ratelimit.window", "duration", None,
-        "Length of the sliding window; unset = the profile's.", _positive, example='"10m"'),
+        "Length of the sliding window; unset = the profile's.", _positive, example='"10m"',
+        profile="ratelimit_window_s"),
     Key("ratelimit.count", "str", None,
         "What the limit counts: recipients (as Microsoft 365 does) or messages.",
-        _choices(*COUNT_UNITS), example='"recipients"'),
+        _choices(*COUNT_UNITS), example='"recipients"', profile="ratelimit_count"),
     Key("ratelimit.reservation_ttl", "duration", 1800.0,
         "How long a recipient reserved at RCPT waits for END-OF-MESSAGE before it lapses "
         "uncounted. Longer than the slowest upload Postfix allows.", _positive),
@@ -160,18 +174,15 @@ SCHEMA: tuple[Key, ...] = (
     Key("lock.expire_after", "duration", 0.0,
         "Lift rate locks by themselves after this long; 0 = never (Dieu 7.3: an operator "
         "unlocks)."),
-    Key("lock.contact", "str", "",
+    Key("lock.contact", "str", None,
         "Whom a locked user should contact, in the refusal text; empty = the profile's.",
-        example='"helpdesk@ninhbinh.gov.vn, 0229 3871 234"'),
+        example='"helpdesk@ninhbinh.gov.vn, 0229 3871 234"', profile="unlock_contact"),
     # -- policyd ------------------------------------------------------------
     Key("policyd.listen", "str", "inet:127.0.0.1:10031",
         "Where the policy daemon listens, in Postfix notation: inet:HOST:PORT or unix:/PATH.",
         _listen),
     Key("policyd.socket_mode", "str", "0660", "File mode of a unix: listen socket.",
         _socket_mode),
-    Key("policyd.trusted_networks", "list", ["127.0.0.0/8", "::1/128"],
-        "Clients whose envelope sender in a local domain counts as the sending account "
-        "when there is no SASL login (webmail, your mailbox servers).", _networks),
     Key("policyd.on_redis_error", "str", "accept",
         "Redis unreachable: accept (DUNNO, logged loudly; locks still enforced from the "
         "local copy) or defer (451 4.7.1).", _choices("accept", "defer")),
@@ -181,11 +192,20 @@ SCHEMA: tuple[Key, ...] = (
         "Close connections idle this long (Postfix's smtpd_policy_service_max_idle is 300s).",
         _positive),
     Key("policyd.max_connections", "int", 1000,
-        "Concurrent Postfix connections; more are closed at once and logged.", _positive),
+        "Concurrent connections. At the cap a newcomer takes the place of the connection "
+        "stalled longest in an unfinished request, else of the longest idle one; it is "
+        "refused only when every connection has a request in flight.", _positive),
     Key("policyd.max_line_bytes", "int", 8192,
         "Longest attribute line accepted; longer is a malformed request.", _positive),
     Key("policyd.max_attributes", "int", 100,
         "Most attributes in one request; more is a malformed request.", _positive),
+    Key("policyd.max_request_bytes", "size", 64 * 1024,
+        "Longest request accepted, finished or not; longer is a malformed request. Bounds "
+        "the memory an unfinished request holds: max_connections times this.", _positive),
+    Key("policyd.request_timeout", "duration", 10.0,
+        "Time from a request's first byte to its empty line (Postfix writes a request at "
+        "once); slower is a malformed request: logged, connection closed. Well under "
+        "Postfix's smtpd_policy_service_timeout (100s).", _positive),
     Key("policyd.lock_snapshot", "str", "",
         "File keeping a copy of the lock list, so locks hold even when the daemon restarts "
         "while Redis is down; empty = memory only.", example='"/var/lib/mailwarden/locks.json"'),
@@ -222,7 +242,7 @@ SCHEMA: tuple[Key, ...] = (
         _choices("enforce", "monitor")),
     Key("attachments.max_bytes", "size", None,
         "Cap on the decoded size of all attachments of a message; unset = the profile's.",
-        _positive, example='"30MB"'),
+        _positive, example='"30MB"', profile="attachments_max_bytes"),
     Key("attachments.size_overhead", "size", 4 * 1024 * 1024,
         "Room for the text body and headers on top of the base64-encoded cap, for the "
         "MAIL FROM SIZE= check and conf/postfix's message_size_limit.", _positive),
@@ -350,6 +370,12 @@ SCHEMA: tuple[Key, ...] = (
     Key("logging.syslog_socket", "str", "/dev/log", "Syslog socket path."),
     Key("logging.log_accepts", "bool", False,
         "Also log one line per accepted request/message at info (else debug)."),
+    # -- failure ------------------------------------------------------------
+    Key("failure.on_internal_error", "str", "defer",
+        "A bug (an unexpected exception) while deciding, in either daemon: defer (451 4.7.1 "
+        "from the policy daemon, tempfail from the milter; rule internal.error) or accept "
+        "(the mail goes through unchecked, logged at error as accept-unchecked).",
+        _choices("defer", "accept")),
 )
 
 SCHEMA_BY_NAME = {k.name: k for k in SCHEMA}
@@ -419,16 +445,13 @@ class Config:
         return self.profile.cite(article)
 
 
-def _profile_value(name: str, profile: Profile) -> Any:
-    return {
-        "domains.local": list(profile.local_domains),
-        "ratelimit.enabled": profile.ratelimit_enabled,
-        "ratelimit.limit": profile.ratelimit_limit,
-        "ratelimit.window": profile.ratelimit_window_s,
-        "ratelimit.count": profile.ratelimit_count,
-        "lock.contact": profile.unlock_contact,
-        "attachments.max_bytes": profile.attachments_max_bytes,
-    }.get(name)
+def _profile_value(key: Key, profile: Profile) -> Any:
+    value = getattr(profile, key.profile)
+    return list(value) if isinstance(value, tuple) else value
+
+
+# Keys that moved: the old name still works (config check says where it went).
+RENAMED = {"policyd.trusted_networks": "domains.trusted_networks"}
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
@@ -450,6 +473,13 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
 
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
+    renamed_from: dict[str, str] = {}
+    for old, new in RENAMED.items():
+        if old in given:
+            if new in given:
+                raise ConfigError(f"{where}: {old}: renamed to {new}; set only {new}")
+            given[new] = given.pop(old)
+            renamed_from[new] = old
     for name, raw in given.items():
         key = SCHEMA_BY_NAME.get(name)
         if key is None:
@@ -474,19 +504,14 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
         raise ConfigError(f"{where}: profile.name: {e}") from None
 
     for key in SCHEMA:
-        if key.name in values:
-            continue
-        from_profile = _profile_value(key.name, profile)
-        if key.default is None or (key.name == "lock.contact" and from_profile):
-            values[key.name] = from_profile
-            origins[key.name] = f"profile {profile.name}" if from_profile is not None \
-                else "built-in"
-        else:
+        if key.profile and values.get(key.name) in (None, "", []):
+            values[key.name] = _profile_value(key, profile)
+            origins[key.name] = f"profile {profile.name}"
+        elif key.name not in values:
             values[key.name] = key.default
-            origins[key.name] = "default"
-    if not values["domains.local"]:
-        values["domains.local"] = list(profile.local_domains)
-        origins["domains.local"] = f"profile {profile.name}"
+            origins[key.name] = "default" if key.default is not None else "built-in"
+    for new, old in renamed_from.items():
+        origins[new] += f" (as {old}, renamed)"
     values["domains.local"] = [d.lower().rstrip(".") for d in values["domains.local"]]
     return Config(values, origins, profile, where)
 

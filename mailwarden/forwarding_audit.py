@@ -34,13 +34,13 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from mailwarden.addresses import AddressClass
-from mailwarden.rules.forwarding import EXTERNAL_AUTO, ForwardSettings, settings_from_values
+from mailwarden.rules.forwarding import EXTERNAL_AUTO, ForwardSettings
+from mailwarden.settings import AuditSettings
 
 FORWARD = "forward"
 NOT_INSPECTABLE = "not-inspectable"
@@ -555,18 +555,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a source that could not be inspected also exits 1")
 
 
-def main(args: argparse.Namespace, cfg_values: Mapping[str, Any], *, citation: str = "") -> int:
+def main(args: argparse.Namespace, s: ForwardSettings, where: AuditSettings) -> int:
     """Exit 0 nothing found, 1 forwards found (or uninspectable with --strict), 2 usage."""
-    s = settings_from_values(cfg_values, citation)
     if not s.local_domains:
         print("mailwarden: forwarding audit: no local domains configured", file=sys.stderr)
         return EXIT_USAGE
     postconf_dir = None if args.no_postfix else (
-        args.postfix_config or cfg_values.get("forwarding.postfix_config_dir", "/etc/postfix"))
+        args.postfix_config or where.postfix_config_dir)
     forward_globs = args.forward_files if args.forward_files is not None else \
-        list(cfg_values.get("forwarding.forward_files", []))
+        list(where.forward_files)
     sieve_globs = args.sieve if args.sieve is not None else \
-        list(cfg_values.get("forwarding.sieve_scripts", []))
+        list(where.sieve_scripts)
     if postconf_dir and not os.path.isfile(os.path.join(postconf_dir, "main.cf")):
         print(f"mailwarden: forwarding audit: {postconf_dir}/main.cf: no such file "
               "(use --postfix-config DIR or --no-postfix)", file=sys.stderr)
@@ -579,6 +578,7 @@ def main(args: argparse.Namespace, cfg_values: Mapping[str, Any], *, citation: s
         return EXIT_USAGE
     forwards = [f for f in findings if f.kind == FORWARD]
     blind = [f for f in findings if f.kind == NOT_INSPECTABLE]
+    citation = s.citation
     if args.json:
         print(json.dumps({"citation": citation, "forwards": [asdict(f) for f in forwards],
                           "not_inspectable": [asdict(f) for f in blind]}, indent=2))

@@ -42,6 +42,7 @@ class Profile:
     encrypted_article: str
     antivirus_article: str
     forwarding_article: str
+    auth_article: str
 
     def cite(self, article: str) -> str:
         """Full citation for replies and logs: "QD 162/2025/QD-UBND Dieu 7.2.b"."""
@@ -106,4 +107,5 @@ def load_profile(name: str, directory: Path | None = None) -> Profile:
         encrypted_article=_get(doc, "attachments.encrypted_article", str, where),
         antivirus_article=_get(doc, "antivirus.article", str, where),
         forwarding_article=_get(doc, "forwarding.article", str, where),
+        auth_article=_get(doc, "auth.article", str, where),
     )

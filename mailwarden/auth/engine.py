@@ -87,7 +87,8 @@ class Authenticator:
         Reads the DKIM keys and the public suffix list: raises DkimKeyError or
         OSError/ValueError with the file and the reason, to be fatal at start.
         """
-        p = cfg.profile
+        from mailwarden.settings import auth_rules_from, ours_from
+
         resolver = Resolver(cfg["dns.nameservers"], timeout_s=cfg["dns.timeout"],
                             attempts=cfg["dns.attempts"], cache_size=cfg["dns.cache_size"],
                             max_ttl_s=cfg["dns.max_ttl"])
@@ -96,15 +97,7 @@ class Authenticator:
             verify=cfg["auth.enabled"],
             checks=VerifySettings(spf_budget_s=cfg["auth.spf_budget"],
                                   max_signatures=cfg["auth.max_signatures"]),
-            rules=AuthRuleSettings(
-                local_domains=tuple(cfg["domains.local"]),
-                include_subdomains=cfg["domains.include_subdomains"],
-                citation=p.cite(p.antivirus_article),
-                enforce=cfg["auth.mode"] == "enforce",
-                dmarc_reject=cfg["auth.dmarc_reject"],
-                spf_fail_reject=cfg["auth.spf_fail"] == "reject",
-                dns_error_defer=cfg["auth.on_dns_error"] == "defer",
-            ),
+            rules=auth_rules_from(cfg, ours_from(cfg)),
             psl=PublicSuffixes.from_setting(cfg["auth.public_suffix_file"]),
         )
         return cls(settings, resolver, load_keys(cfg["dkim.keys"]))
@@ -125,7 +118,7 @@ class Authenticator:
                                    settings=self.settings.checks, rand=self.rand)
             out.results = results
             out.add_headers.append(authres.render(results, self.settings.authserv_id))
-            out.verdicts = authentication.decide(results, self.settings.rules, ours=False)
+            out.verdicts = authentication.decide(results, self.settings.rules)
         out.elapsed_s = self.clock() - start
         return out
 

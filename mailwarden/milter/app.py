@@ -9,7 +9,6 @@ never a silent pass (milter_default_action = tempfail covers a dead milter).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import tempfile
 import threading
@@ -19,9 +18,11 @@ import Milter
 
 from mailwarden import logs
 from mailwarden.config import Config
-from mailwarden.milter.evaluate import ContentSettings, Envelope, Evaluation, evaluate
+from mailwarden.failure import INTERNAL_ERROR, internal_error
+from mailwarden.milter.evaluate import Envelope, Evaluation, evaluate
 from mailwarden.rules import attachments
 from mailwarden.rules.forwarding import parse_orcpt
+from mailwarden.settings import Settings
 from mailwarden.verdict import Action, Verdict, reply_safe
 
 log = logging.getLogger("mailwarden.milter")
@@ -35,10 +36,12 @@ class Runtime:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.content = ContentSettings.from_config(cfg)
+        self.settings = Settings.from_config(cfg)
+        self.content = self.settings.content
         self.spool_memory = cfg["milter.spool_memory"]
         self.tmpdir = cfg["milter.tmpdir"] or None
         self.log_accepts = cfg["logging.log_accepts"]
+        self.on_internal_error = cfg["failure.on_internal_error"]
         self.releaser = None
         if cfg["milter.release_on_refusal"]:
             from mailwarden.store.redis_store import SyncReleaser
@@ -50,8 +53,6 @@ class Runtime:
         # Reads the DKIM keys and the public suffix list: a problem is fatal at start.
         self.auth = Authenticator.from_config(cfg)
         self.auth_max_bytes = cfg["auth.max_message_bytes"]
-        self.trusted = tuple(ipaddress.ip_network(n, strict=False)
-                             for n in cfg["policyd.trusted_networks"])
         self.stats_lock = threading.Lock()
         self.stats = {"messages": 0, "reject": 0, "defer": 0, "errors": 0}
 
@@ -114,9 +115,10 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         for p in params:
             key, _, value = p.partition("=")
             if key.upper() == "SIZE" and value.isdigit():
-                v = attachments.decide_announced_size(int(value), self.rt.content.attachments)
-                if v is not None and not self.final_hop:
-                    return self._apply([v], "MAIL")
+                refused = attachments.decide_announced_size(int(value),
+                                                            self.rt.content.attachments)
+                if refused and not self.final_hop:
+                    return self._apply(refused, "MAIL")
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -156,27 +158,21 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
                 authenticated=self.authenticated, final_hop=self.final_hop))
             if not self.final_hop:
                 self._authenticate(result)
-        except Exception as e:  # a bug or an OS error: defer, log, keep serving
+        except Exception as e:  # a bug or an OS error: failure.on_internal_error, keep serving
+            # One decision line at error level (type and place, never the exception's text:
+            # it can quote the message), 451 by default or accept-unchecked.
             self.rt.count("errors")
-            log.exception("%s: internal error inspecting message", self.queue_id or "NOQUEUE")
             self.header_changes = ([], [])
-            result = Evaluation(verdicts=[Verdict(
-                Action.DEFER, "internal.error", 451, "4.7.1",
-                "Loi tam thoi khi kiem tra thu, vui long thu lai sau. Temporary error "
-                "inspecting the message, try again later", detail={"error": type(e).__name__})])
+            result = Evaluation(verdicts=[internal_error(e, self.rt.on_internal_error)])
         finally:
             self._close_spool()
         return self._apply(result.verdicts, "EOM")
 
     def _ours(self) -> bool:
-        """Sent by one of our users (SASL) or our trusted hosts: sign, don't verify."""
-        if self.authenticated:
-            return True
-        try:
-            ip = ipaddress.ip_address(self.client_addr)
-        except ValueError:
-            return False
-        return any(ip in n for n in self.rt.trusted)
+        """Ours by the one definition (addresses.Ours): sign, don't verify."""
+        return self.rt.settings.ours.sent_by_us(
+            authenticated=self.authenticated, client_addr=self.client_addr,
+            recipients=self.recipients)
 
     def _authenticate(self, result: Evaluation) -> None:
         """DKIM sign ours / SPF+DKIM+DMARC theirs; header changes only if accepted."""
@@ -220,7 +216,8 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
     def _line(self, v: Verdict, stage: str) -> str:
         action = "monitor" if v.monitor else v.action.value
         if v.action is Action.ACCEPT:
-            action = "log" if v.rule not in ("av.unavailable",) else "accept-unscanned"
+            action = {"av.unavailable": "accept-unscanned",
+                      INTERNAL_ERROR: "accept-unchecked"}.get(v.rule, "log")
         return logs.decision_line(
             queue_id=self.queue_id, action=action, stage=stage, client_name=self.client_name,
             client_addr=self.client_addr, rule=v.rule, detail=v.detail, sender=self.sender,
@@ -233,7 +230,7 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         for v in verdicts:
             level = logging.WARNING if v.action is not Action.ACCEPT or v.monitor else \
                 logging.INFO
-            if v.rule == "av.unavailable":
+            if v.rule in ("av.unavailable", INTERNAL_ERROR):
                 level = logging.ERROR
             log.log(level, "%s", self._line(v, stage))
         if decisive is None:

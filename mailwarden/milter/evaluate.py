@@ -14,75 +14,15 @@ from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 from mailwarden.clients import clamd
-from mailwarden.config import Config
-from mailwarden.inspect import (
-    DEFAULT_EXECUTABLE_EXTENSIONS,
-    DecodedPart,
-    InspectLimits,
-    MessageModel,
-    inspect_message,
-)
+from mailwarden.inspect import DecodedPart, MessageModel, inspect_message
 from mailwarden.rules import antivirus, attachments, forwarding
-from mailwarden.rules.antivirus import AntivirusSettings
-from mailwarden.rules.attachments import AttachmentSettings
 from mailwarden.rules.forwarding import ForwardInputs, ForwardSettings
-from mailwarden.verdict import Action, Verdict, defer
+from mailwarden.settings import ContentSettings
+from mailwarden.verdict import Action, Verdict, defer, rule_id
 
-TIMEOUT_RULE = "content.timeout"
+TIMEOUT_RULE = rule_id("content.timeout")
 
 Scanner = Callable[[BinaryIO, float, str], "clamd.ScanOutcome"]
-
-
-@dataclass(frozen=True)
-class ContentSettings:
-    limits: InspectLimits
-    attachments: AttachmentSettings
-    antivirus: AntivirusSettings
-    scan: bool
-    clamd_address: str
-    scan_timeout_s: float
-    budget_s: float
-    forwarding: ForwardSettings
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> ContentSettings:
-        p = cfg.profile
-        exts = cfg["attachments.executable_extensions"]
-        extensions = frozenset(e.lower() for e in (
-            exts if exts is not None else DEFAULT_EXECUTABLE_EXTENSIONS))
-        extensions |= {e.lower() for e in cfg["attachments.extra_executable_extensions"]}
-        return cls(
-            limits=InspectLimits(
-                executable_extensions=frozenset(extensions),
-                max_archive_depth=cfg["attachments.max_archive_depth"],
-                max_archive_entries=cfg["attachments.max_archive_entries"],
-                max_expanded_bytes=cfg["attachments.max_expanded_bytes"],
-                max_parts=cfg["attachments.max_parts"],
-                time_budget_s=cfg["milter.content_budget"],
-                spool_memory_bytes=cfg["milter.spool_memory"],
-            ),
-            attachments=AttachmentSettings(
-                enforce=cfg["attachments.mode"] == "enforce",
-                max_bytes=cfg["attachments.max_bytes"],
-                size_overhead=cfg["attachments.size_overhead"],
-                encrypted_documents=cfg["attachments.encrypted_documents"],
-                uninspectable=cfg["attachments.uninspectable"],
-                size_citation=p.cite(p.size_article),
-                executable_citation=p.cite(p.executable_article),
-                encrypted_citation=p.cite(p.encrypted_article),
-            ),
-            antivirus=AntivirusSettings(
-                enforce=cfg["antivirus.mode"] == "enforce",
-                on_error_defer=cfg["antivirus.on_clamd_error"] == "defer",
-                citation=p.cite(p.antivirus_article),
-            ),
-            scan=cfg["antivirus.enabled"],
-            clamd_address=cfg["antivirus.clamd"],
-            scan_timeout_s=cfg["antivirus.timeout"],
-            budget_s=cfg["milter.content_budget"],
-            forwarding=forwarding.settings_from_values(
-                cfg.values, p.cite(p.forwarding_article)),
-        )
 
 
 @dataclass(frozen=True)
@@ -129,7 +69,7 @@ def _forwarding(headers: list[tuple[str, str]], env: Envelope,
         client_addr=env.client_addr, authenticated=env.authenticated,
         from_our_mailbox_hosts=forwarding.is_mailbox_host(env.client_addr, s),
         original_recipients=env.original_recipients, final_hop=env.final_hop)
-    return list(forwarding.decide(inputs, s).verdicts)
+    return forwarding.decide(inputs, s)
 
 
 def top_level_headers(message: BinaryIO, limit: int = 256 * 1024) -> list[tuple[str, str]]:
@@ -207,10 +147,9 @@ def evaluate(message: BinaryIO, s: ContentSettings, *, scanner: Scanner | None =
         failed = next((o for o in outcomes if o.status is clamd.ScanStatus.ERROR), None)
         chosen = infected or failed
         if chosen is not None:
-            v = antivirus.decide(chosen.status.value, s.antivirus, signature=chosen.signature,
-                                 error=chosen.error, part=chosen.part)
-            if v is not None:
-                result.verdicts.append(v)
+            result.verdicts.extend(antivirus.decide(antivirus.ScanResult(
+                chosen.status.value, signature=chosen.signature, error=chosen.error,
+                part=chosen.part), s.antivirus))
 
     result.elapsed_s = clock() - start
     if clock() > deadline and result.decisive is None:

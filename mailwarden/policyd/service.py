@@ -8,7 +8,6 @@ happens when Redis does not answer in time.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -18,9 +17,11 @@ from redis.exceptions import RedisError
 from mailwarden import logs
 from mailwarden.clock import Clock
 from mailwarden.config import Config
+from mailwarden.failure import internal_error
 from mailwarden.policyd.lockcache import LockCache
 from mailwarden.rules import ratelock
-from mailwarden.rules.ratelock import Classified, LockInfo, RateSettings, Scope
+from mailwarden.rules.ratelock import Classified, LockInfo, Scope
+from mailwarden.settings import Settings
 from mailwarden.store.redis_store import RedisStore
 from mailwarden.units import format_duration
 from mailwarden.verdict import Action, Verdict, defer, reply_safe
@@ -29,29 +30,6 @@ log = logging.getLogger("mailwarden.policyd")
 
 DUNNO = "DUNNO"
 _MAX_REPLY_TEXT = 480  # an SMTP reply line is at most 512 octets with code and CRLF
-
-
-def rate_settings(cfg: Config) -> RateSettings:
-    overrides = cfg["ratelimit.overrides"]
-    p = cfg.profile
-    return RateSettings(
-        enabled=cfg["ratelimit.enabled"],
-        enforce=cfg["ratelimit.mode"] == "enforce",
-        limit=cfg["ratelimit.limit"],
-        window_s=cfg["ratelimit.window"],
-        count_unit=cfg["ratelimit.count"],
-        local_domains=cfg.local_domains,
-        include_subdomains=cfg["domains.include_subdomains"],
-        recipient_delimiter=cfg["domains.recipient_delimiter"],
-        trusted_networks=tuple(ipaddress.ip_network(n, strict=False)
-                               for n in cfg["policyd.trusted_networks"]),
-        limit_overrides={a.lower(): o["limit"] for a, o in overrides.items() if "limit" in o},
-        exempt=frozenset(a.lower() for a, o in overrides.items() if o.get("exempt")),
-        rate_citation=p.cite(p.ratelimit_article),
-        lock_citation=p.cite(p.lock_article),
-        manual_lock_citation=p.cite(p.manual_lock_article),
-        contact=cfg["lock.contact"],
-    )
 
 
 @dataclass
@@ -77,7 +55,7 @@ class PolicyService:
     def __init__(self, cfg: Config, store: RedisStore, clock: Clock,
                  locks: LockCache | None = None) -> None:
         self.cfg = cfg
-        self.s = rate_settings(cfg)
+        self.s = Settings.from_config(cfg).rate
         self.store = store
         self.clock = clock
         self.on_error_defer = cfg["policyd.on_redis_error"] == "defer"
@@ -144,7 +122,7 @@ class PolicyService:
 
     # -- END-OF-MESSAGE ------------------------------------------------------
     async def _end_of_message(self, attrs: Mapping[str, str]) -> str:
-        account = ratelock.sending_account(attrs, self.s)
+        account = ratelock.sending_account(attrs, self.s, end_of_message=True)
         if not account or account in self.s.exempt or not self.s.enabled:
             return DUNNO
         committed, count = await self.store.commit(
@@ -193,6 +171,18 @@ class PolicyService:
         log.error("%s", self._line(attrs, stage, v, action="accept-unchecked"))
         return DUNNO
 
+    def internal_failure(self, attrs: Mapping[str, str], stage: str, e: BaseException,
+                         policy: str) -> str:
+        """A bug while deciding: failure.on_internal_error, one line at error level with
+        the exception's type and place, never its text (it can quote the request)."""
+        v = internal_error(e, policy)
+        if v.action is Action.ACCEPT:
+            log.error("%s", self._line(attrs, stage, v, action="accept-unchecked"))
+            return DUNNO
+        self.stats.defer += 1
+        log.error("%s", self._line(attrs, stage, v))
+        return v.reply
+
     # -- background ------------------------------------------------------------
     async def refresh_locks(self) -> None:
         try:
@@ -210,4 +200,4 @@ class PolicyService:
         self.locks.remove(account)
 
 
-__all__ = ["DUNNO", "LockInfo", "PolicyService", "Stats", "rate_settings"]
+__all__ = ["DUNNO", "LockInfo", "PolicyService", "Stats"]

@@ -1,13 +1,13 @@
-"""ClamAV's answer as a verdict (Dieu 4.2, 10.2.d). No sockets: the milter scans."""
+"""ClamAV's answer as a verdict (Dieu 4.2, 10.2.d). No sockets: the engine scans."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from mailwarden.verdict import Action, Verdict, defer, reject, reply_safe
+from mailwarden.verdict import Verdict, accept, defer, monitored, reject, reply_safe, rule_id
 
-INFECTED = "av.infected"
-UNAVAILABLE = "av.unavailable"
+INFECTED = rule_id("av.infected")
+UNAVAILABLE = rule_id("av.unavailable")
 RULE_IDS = (INFECTED, UNAVAILABLE)
 
 
@@ -18,20 +18,29 @@ class AntivirusSettings:
     citation: str
 
 
-def decide(status: str, s: AntivirusSettings, *, signature: str = "", error: str = "",
-           part: str = "") -> Verdict | None:
-    """status is "clean", "infected" or "error" (clients.clamd.ScanStatus values)."""
-    detail = {"part": part} if part else {}
-    if status == "infected":
-        sig = reply_safe(signature, 100)
+@dataclass(frozen=True)
+class ScanResult:
+    """What the scan of one message found (clients.clamd.ScanOutcome, reduced)."""
+
+    status: str  # "clean", "infected" or "error" (clients.clamd.ScanStatus values)
+    signature: str = ""
+    error: str = ""
+    part: str = ""  # which part: "raw-message", "invoice.zip", ...
+
+
+def decide(scan: ScanResult, s: AntivirusSettings) -> list[Verdict]:
+    """Infected: refuse. clamd failed: defer, or accept unscanned by config. Clean: []."""
+    detail = {"part": scan.part} if scan.part else {}
+    if scan.status == "infected":
+        sig = reply_safe(scan.signature, 100)
         v = reject(INFECTED, f"Thu co virus/ma doc {sig} ({s.citation}). Virus found: {sig}",
-                   s.citation, detail=detail, signature=signature)
-        return v if s.enforce else replace(v, monitor=True)
-    if status == "error":
+                   s.citation, detail=detail, signature=scan.signature)
+        return [monitored(v, s.enforce)]
+    if scan.status == "error":
         if s.on_error_defer:
-            return defer(UNAVAILABLE, "Tam thoi khong quet virus duoc, vui long thu lai sau. "
-                         "Virus scan temporarily unavailable, try again later",
-                         detail=detail, error=error)
-        return Verdict(Action.ACCEPT, UNAVAILABLE, 250, "2.0.0", "accepted unscanned",
-                       detail={"error": error, "policy": "accept", **detail})
-    return None
+            return [defer(UNAVAILABLE, "Tam thoi khong quet virus duoc, vui long thu lai sau. "
+                          "Virus scan temporarily unavailable, try again later",
+                          detail=detail, error=scan.error)]
+        return [accept(UNAVAILABLE, "accepted unscanned",
+                       detail={"error": scan.error, "policy": "accept", **detail})]
+    return []

@@ -8,16 +8,16 @@ AttachmentSettings; nothing here knows a regulation number.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from mailwarden.inspect import Finding, FindingKind, MessageModel
-from mailwarden.verdict import Action, Verdict, defer, reject, reply_safe
+from mailwarden.verdict import Verdict, accept, defer, monitored, reject, reply_safe, rule_id
 
-EXECUTABLE = "attachment.executable"
-ENCRYPTED_ARCHIVE = "attachment.encrypted_archive"
-ENCRYPTED_DOCUMENT = "attachment.encrypted_document"
-UNINSPECTABLE = "attachment.uninspectable"
-SIZE = "attachment.size"
+EXECUTABLE = rule_id("attachment.executable")
+ENCRYPTED_ARCHIVE = rule_id("attachment.encrypted_archive")
+ENCRYPTED_DOCUMENT = rule_id("attachment.encrypted_document")
+UNINSPECTABLE = rule_id("attachment.uninspectable")
+SIZE = rule_id("attachment.size")
 RULE_IDS = (EXECUTABLE, ENCRYPTED_ARCHIVE, ENCRYPTED_DOCUMENT, UNINSPECTABLE, SIZE)
 
 _BASE64_LINE = 76  # RFC 2045 line length, plus CRLF
@@ -55,10 +55,6 @@ def largest_passable(s: AttachmentSettings) -> int:
     return base64_size(s.max_bytes) + s.size_overhead
 
 
-def _monitor(v: Verdict, s: AttachmentSettings) -> Verdict:
-    return v if s.enforce else replace(v, monitor=True)
-
-
 def _finding_verdict(f: Finding, s: AttachmentSettings) -> Verdict | None:
     name = reply_name(f.file)
     detail = {"file": f.file, "detected": f.detected}
@@ -77,8 +73,7 @@ def _finding_verdict(f: Finding, s: AttachmentSettings) -> Verdict | None:
                 f"Password-protected document refused: {name}")
         if s.encrypted_documents == "reject":
             return reject(ENCRYPTED_DOCUMENT, text, s.encrypted_citation, detail=detail)
-        return Verdict(Action.ACCEPT, ENCRYPTED_DOCUMENT, 250, "2.0.0", "logged",
-                       s.encrypted_citation, detail)
+        return accept(ENCRYPTED_DOCUMENT, "logged", s.encrypted_citation, detail=detail)
     if f.kind is FindingKind.UNINSPECTABLE:
         text = (f'Tep dinh kem "{name}" khong kiem tra duoc ({f.detected}) '
                 f"({s.executable_citation}). Attachment could not be inspected "
@@ -87,8 +82,7 @@ def _finding_verdict(f: Finding, s: AttachmentSettings) -> Verdict | None:
             return reject(UNINSPECTABLE, text, s.executable_citation, detail=detail)
         if s.uninspectable == "defer":
             return defer(UNINSPECTABLE, text, s.executable_citation, detail=detail)
-        return Verdict(Action.ACCEPT, UNINSPECTABLE, 250, "2.0.0", "logged",
-                       s.executable_citation, detail)
+        return accept(UNINSPECTABLE, "logged", s.executable_citation, detail=detail)
     return None  # pragma: no cover - every kind is handled above
 
 
@@ -106,17 +100,17 @@ def decide(model: MessageModel, s: AttachmentSettings) -> list[Verdict]:
             f"Attachments total {total}, over the {cap} limit",
             s.size_citation, code=552, enhanced="5.3.4",
             size=str(model.total_attachment_bytes), limit=str(s.max_bytes)))
-    return [_monitor(v, s) if v.action is not Action.ACCEPT else v for v in out]
+    return [monitored(v, s.enforce) for v in out]
 
 
-def decide_announced_size(size: int, s: AttachmentSettings) -> Verdict | None:
+def decide_announced_size(size: int, s: AttachmentSettings) -> list[Verdict]:
     """MAIL FROM ... SIZE=n: refuse before the upload what can never pass."""
     limit = largest_passable(s)
     if size <= limit:
-        return None
+        return []
     cap = mib(s.max_bytes)
     v = reject(SIZE, f"Thu {mib(size)} qua lon: tep dinh kem toi da {cap} "
                f"({s.size_citation}). Message of {mib(size)} cannot pass: attachments are "
                f"limited to {cap}", s.size_citation, code=552, enhanced="5.3.4",
                announced=str(size), limit=str(limit))
-    return _monitor(v, s)
+    return [monitored(v, s.enforce)]

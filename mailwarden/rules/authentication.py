@@ -22,16 +22,16 @@ refusal: "none" is not "fail".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from mailwarden.addresses import in_domains
 from mailwarden.auth.results import AuthResults, Result
-from mailwarden.verdict import Action, Verdict, defer, reject, reply_safe
+from mailwarden.verdict import Verdict, accept, defer, monitored, reject, reply_safe, rule_id
 
-LOCAL_SPOOF = "auth.local_spoof"
-DMARC_REJECT = "auth.dmarc_reject"
-SPF_FAIL = "auth.spf_fail"
-DNS_TEMPERROR = "auth.dns_temperror"
+LOCAL_SPOOF = rule_id("auth.local_spoof")
+DMARC_REJECT = rule_id("auth.dmarc_reject")
+SPF_FAIL = rule_id("auth.spf_fail")
+DNS_TEMPERROR = rule_id("auth.dns_temperror")
 RULE_IDS = (LOCAL_SPOOF, DMARC_REJECT, SPF_FAIL, DNS_TEMPERROR)
 
 
@@ -53,7 +53,7 @@ def _shown(text: str) -> str:
 
 
 def _logged(rule: str, citation: str, detail: dict[str, str]) -> Verdict:
-    return Verdict(Action.ACCEPT, rule, 250, "2.0.0", "logged", citation, detail)
+    return accept(rule, "logged", citation, detail=detail)
 
 
 def _cover(domain: str, s: AuthRuleSettings) -> str:
@@ -93,10 +93,9 @@ def _temperror(r: AuthResults, s: AuthRuleSettings, deciding: bool,
     return _logged(DNS_TEMPERROR, s.citation, detail)
 
 
-def decide(r: AuthResults, s: AuthRuleSettings, *, ours: bool) -> list[Verdict]:
-    """Every reason to refuse, defer or log this message; [] for our own senders."""
-    if ours:
-        return []
+def decide(r: AuthResults, s: AuthRuleSettings) -> list[Verdict]:
+    """Every reason to refuse, defer or log this message from outside (our own
+    senders' mail is signed, not judged: the engine does not call this for it)."""
     out: list[Verdict] = []
     temperrors: list[tuple[bool, str]] = []
 
@@ -141,7 +140,7 @@ def decide(r: AuthResults, s: AuthRuleSettings, *, ours: bool) -> list[Verdict]:
                        f"{shown} la tu choi ({s.citation}). DMARC policy of "
                        f"{shown} rejects this unauthenticated message", s.citation,
                        domain=d.from_domain, policy=d.policy, checks=r.summary())
-            out.append(v if s.dmarc_reject else replace(v, monitor=True))
+            out.append(monitored(v, s.dmarc_reject))
         elif d.result is Result.TEMPERROR:
             temperrors.append((s.dmarc_reject, f"DMARC of {d.from_domain}: {d.reason}"))
 
@@ -150,6 +149,4 @@ def decide(r: AuthResults, s: AuthRuleSettings, *, ours: bool) -> list[Verdict]:
         out.append(_temperror(r, s, bool(deciding),
                               "; ".join(deciding or [why for _, why in temperrors])))
 
-    if not s.enforce:
-        out = [replace(v, monitor=True) if v.action is not Action.ACCEPT else v for v in out]
-    return out
+    return [monitored(v, s.enforce) for v in out]

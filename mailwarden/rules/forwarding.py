@@ -25,21 +25,26 @@ from __future__ import annotations
 
 import codecs
 import enum
-import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from email.header import decode_header
-from typing import Any
 
-from mailwarden.addresses import AddressClass, classify_domain, in_domains, split_address
-from mailwarden.verdict import Action, Verdict, reject, reply_safe
+from mailwarden.addresses import (
+    AddressClass,
+    Network,
+    Ours,
+    classify_domain,
+    in_domains,
+    in_networks,
+    routed_domains,
+    split_address,
+)
+from mailwarden.verdict import Verdict, accept, monitored, reject, reply_safe, rule_id
 
-EXTERNAL_AUTO = "forward.external_auto"
-INBOUND_AUTO = "forward.inbound_auto"
+EXTERNAL_AUTO = rule_id("forward.external_auto")
+INBOUND_AUTO = rule_id("forward.inbound_auto")
 RULE_IDS = (EXTERNAL_AUTO, INBOUND_AUTO)
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _MAX_VALUE = 2000  # characters of one header value looked at
 _MAX_ADDRESSES = 20  # addresses taken from one header value
@@ -95,8 +100,9 @@ class ForwardInputs:
     client_addr: str = ""
     authenticated: bool = False  # the client logged in (SASL / XCLIENT LOGIN)
     # The adapter knows this client is one of our mailbox hosts (Dovecot/Zimbra
-    # submission, pickup). A client address inside `ForwardSettings.mailbox_hosts`
-    # counts too.
+    # delivery that may re-send). A client address inside
+    # `ForwardSettings.mailbox_hosts` counts too. Whether the mail is ours at all is
+    # decided by `ForwardSettings.ours` (addresses.Ours), not by this.
     from_our_mailbox_hosts: bool = False
     # DSN ORCPT of each recipient (same order; "" where none was given), as
     # decoded by parse_orcpt(). Postfix's smtp client sends the pre-alias address.
@@ -109,27 +115,38 @@ class ForwardInputs:
 
 @dataclass(frozen=True)
 class ForwardSettings:
-    local_domains: tuple[str, ...]
-    include_subdomains: bool = True
+    ours: Ours  # our domains and hosts: the one definition (addresses.Ours)
     state_suffixes: tuple[str, ...] = ("gov.vn",)
     state_allow: tuple[str, ...] = ()
     srs_domains: tuple[str, ...] = ()  # our SRS rewrite domains; empty = local_domains
-    mailbox_hosts: tuple[Network, ...] = ()
+    mailbox_hosts: tuple[Network, ...] = ()  # for the structural signal only
     promote_medium: bool = False
     enforce: bool = True  # False = monitor: decide and log, refuse nothing
     citation: str = ""  # "QD 162/2025/QD-UBND Dieu 4.5"
 
+    @property
+    def local_domains(self) -> tuple[str, ...]:
+        return self.ours.local_domains
+
     def classify(self, address: str) -> AddressClass | None:
-        """Class of an address's domain; None when it has no domain."""
-        _, domain = split_address(address)
-        if not domain:
+        """Class of where an address is delivered; None when it has no domain.
+
+        Postfix routes "bob%gmail.com@here" and "gmail.com!bob@here" outside: the
+        least trusted of the domains it may go to is the address's class.
+        """
+        classes = [classify_domain(d, self.ours.local_domains, self.ours.include_subdomains,
+                                   self.state_suffixes, self.state_allow)
+                   for d in routed_domains(address)]
+        if not classes:
             return None
-        return classify_domain(domain, self.local_domains, self.include_subdomains,
-                               self.state_suffixes, self.state_allow)
+        for cls in (AddressClass.PRIVATE, AddressClass.STATE):
+            if cls in classes:
+                return cls
+        return AddressClass.LOCAL
 
     def is_ours_srs(self, domain: str) -> bool:
-        return in_domains(domain, self.srs_domains or self.local_domains,
-                          self.include_subdomains)
+        return in_domains(domain, self.srs_domains or self.ours.local_domains,
+                          self.ours.include_subdomains)
 
 
 @dataclass(frozen=True)
@@ -143,30 +160,8 @@ class ForwardDecision:
 
 
 # -- helpers the adapter calls ------------------------------------------------------------
-def settings_from_values(values: Mapping[str, Any], citation: str) -> ForwardSettings:
-    """ForwardSettings from the merged config (Config.values; keys in docs/forwarding.md)."""
-    hosts = tuple(ipaddress.ip_network(n, strict=False)
-                  for n in values.get("forwarding.mailbox_hosts", []))
-    return ForwardSettings(
-        local_domains=tuple(d.lower().rstrip(".") for d in values["domains.local"]),
-        include_subdomains=bool(values.get("domains.include_subdomains", True)),
-        state_suffixes=tuple(d.lower().strip(".") for d in
-                             values.get("forwarding.state_suffixes", ["gov.vn"])),
-        state_allow=tuple(d.lower().strip(".") for d in values.get("forwarding.state_allow", [])),
-        srs_domains=tuple(d.lower().strip(".") for d in values.get("forwarding.srs_domains", [])),
-        mailbox_hosts=hosts,
-        promote_medium=bool(values.get("forwarding.promote_medium", False)),
-        enforce=values.get("forwarding.mode", "enforce") == "enforce",
-        citation=citation,
-    )
-
-
 def is_mailbox_host(client_addr: str, s: ForwardSettings) -> bool:
-    try:
-        ip = ipaddress.ip_address(client_addr.strip("[]"))
-    except ValueError:
-        return False
-    return any(ip in n for n in s.mailbox_hosts)
+    return in_networks(client_addr, s.mailbox_hosts)
 
 
 def parse_orcpt(param: str) -> str:
@@ -258,8 +253,10 @@ def _envelope(inp: ForwardInputs, s: ForwardSettings) -> _Envelope:
                                         or is_mailbox_host(inp.client_addr, s))
     resent = next((i for i, (n, _) in enumerate(inp.headers)
                    if n.strip().lower().startswith("resent-")), None)
-    return _Envelope(private, local, inp.final_hop or inp.authenticated or from_hosts,
-                     from_hosts, resent)
+    ours = inp.final_hop or from_hosts or s.ours.sent_by_us(
+        authenticated=inp.authenticated, client_addr=inp.client_addr,
+        recipients=inp.recipients)
+    return _Envelope(private, local, ours, from_hosts, resent)
 
 
 def _named_mailbox_signal(found: _Found, name: str, addr: str, conf: Confidence,
@@ -525,12 +522,17 @@ def _verdict(direction: Direction, signals: Sequence[Signal], env_rcpts: Iterabl
     }
     refuse = top is Confidence.HIGH or (top is Confidence.MEDIUM and s.promote_medium)
     if not refuse:
-        return Verdict(Action.ACCEPT, rule, 250, "2.0.0", "logged", s.citation, detail)
+        return accept(rule, "logged", s.citation, detail=detail)
     v = reject(rule, _text(direction, lead.mailbox, s.citation), s.citation, detail=detail)
-    return v if s.enforce else replace(v, monitor=True)
+    return monitored(v, s.enforce)
 
 
-def decide(inputs: ForwardInputs, s: ForwardSettings) -> ForwardDecision:
+def decide(inputs: ForwardInputs, s: ForwardSettings) -> list[Verdict]:
+    """Every reason to refuse or log this message (at most one per direction)."""
+    return list(analyse(inputs, s).verdicts)
+
+
+def analyse(inputs: ForwardInputs, s: ForwardSettings) -> ForwardDecision:
     """Signals and verdicts (at most one per direction; empty = nothing to say).
 
     An ACCEPT verdict is a finding to log without refusing (MEDIUM evidence);

@@ -9,36 +9,30 @@ ask and what the answer means.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from mailwarden.addresses import in_domains, mailbox_key, split_address
+from mailwarden.addresses import Ours, mailbox_key, split_address
 from mailwarden.units import format_duration
-from mailwarden.verdict import Action, Verdict, reject, reply_safe
+from mailwarden.verdict import Verdict, accept, monitored, reject, reply_safe, rule_id
 
-RATE_LIMIT = "ratelimit.external_recipients"
-ACCOUNT_LOCKED = "account.locked"
-BACKEND_ERROR = "ratelimit.backend_error"
+RATE_LIMIT = rule_id("ratelimit.external_recipients")
+ACCOUNT_LOCKED = rule_id("account.locked")
+BACKEND_ERROR = rule_id("ratelimit.backend_error")
 RULE_IDS = (RATE_LIMIT, ACCOUNT_LOCKED, BACKEND_ERROR)
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
 class RateSettings:
     """Everything the rate rule needs, resolved once from config + profile."""
 
+    ours: Ours  # our domains, trusted hosts, recipient delimiter
     enabled: bool
     enforce: bool  # False = monitor mode
     limit: int
     window_s: float
     count_unit: str  # "recipients" | "messages"
-    local_domains: tuple[str, ...]
-    include_subdomains: bool
-    recipient_delimiter: str
-    trusted_networks: tuple[Network, ...]
     limit_overrides: Mapping[str, int] = field(default_factory=dict)
     exempt: frozenset[str] = frozenset()
     rate_citation: str = ""  # "QD 162/2025/QD-UBND Dieu 7.2.b"
@@ -71,34 +65,33 @@ class LockInfo:
     count: int = 0
 
 
-def _trusted(client_address: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(client_address)
-    except ValueError:
-        return False
-    return any(ip in n for n in networks)
-
-
-def sending_account(attrs: Mapping[str, str], s: RateSettings) -> str:
+def sending_account(attrs: Mapping[str, str], s: RateSettings, *,
+                    end_of_message: bool = False) -> str:
     """The account responsible for this send, or "" when it is not ours.
 
-    The SASL login when present; otherwise the envelope sender, but only when
-    its domain is local and the client is one of our trusted hosts (webmail,
-    mailbox servers). Anything else is mail arriving from outside.
+    The SASL login when present; otherwise the envelope sender in a local domain,
+    when the mail is ours by the one definition (addresses.Ours): a trusted
+    client, or a recipient outside that Postfix agreed to relay. At
+    END-OF-MESSAGE the recipient is often absent (several recipients): a local
+    sender is then named so that whatever it reserved at RCPT gets committed.
     """
+    o = s.ours
     login = attrs.get("sasl_username", "")
     if login:
-        if "@" not in login and s.local_domains:
-            login = f"{login}@{s.local_domains[0]}"
-        return mailbox_key(login, s.recipient_delimiter)
+        if "@" not in login and o.local_domains:
+            login = f"{login}@{o.local_domains[0]}"
+        return mailbox_key(login, o.recipient_delimiter)
     sender = attrs.get("sender", "")
     if not sender:
         return ""
     _, domain = split_address(sender)
-    if in_domains(domain, s.local_domains, s.include_subdomains) and _trusted(
-        attrs.get("client_address", ""), s.trusted_networks
-    ):
-        return mailbox_key(sender, s.recipient_delimiter)
+    if not o.is_local_domain(domain):
+        return ""
+    recipient = attrs.get("recipient", "")
+    if end_of_message or o.sent_by_us(authenticated=False,
+                                      client_addr=attrs.get("client_address", ""),
+                                      recipients=(recipient,) if recipient else ()):
+        return mailbox_key(sender, o.recipient_delimiter)
     return ""
 
 
@@ -110,14 +103,15 @@ def classify(attrs: Mapping[str, str], s: RateSettings) -> Classified:
     if account in s.exempt or not s.enabled:
         return Classified(Scope.EXEMPT, account)
     recipient = attrs.get("recipient", "")
-    _, domain = split_address(recipient)
-    if not domain or in_domains(domain, s.local_domains, s.include_subdomains):
+    # Counted unless provably delivered inside: "gmail.com!bob", "bob%gmail.com@here"
+    # and the like go out (swap_bangpath, allow_percent_hack).
+    if not s.ours.is_external_recipient(recipient):
         return Classified(Scope.INTERNAL, account)
     instance = attrs.get("instance", "")
     if s.count_unit == "messages":
         member = f"m:{instance}"
     else:
-        member = f"r:{instance}:{mailbox_key(recipient, s.recipient_delimiter)}"
+        member = f"r:{instance}:{mailbox_key(recipient, s.ours.recipient_delimiter)}"
     return Classified(Scope.EXTERNAL, account, member)
 
 
@@ -135,7 +129,7 @@ def over_limit(account: str, count: int, s: RateSettings) -> Verdict:
     unit = "thu" if s.count_unit == "messages" else "nguoi nhan"
     unit_en = "messages" if s.count_unit == "messages" else "recipients"
     window = format_duration(s.window_s)
-    domains = "/".join(s.local_domains)
+    domains = "/".join(s.ours.local_domains)
     text = (
         f"Vuot gioi han {limit} {unit}/{window} ngoai {domains}, hop thu bi tam khoa "
         f"({s.rate_citation}). Over the limit of {limit} external {unit_en} per {window}: "
@@ -143,7 +137,7 @@ def over_limit(account: str, count: int, s: RateSettings) -> Verdict:
     )
     v = reject(RATE_LIMIT, text, s.rate_citation, count=str(count), limit=str(limit),
                window=window, locked="no" if not s.enforce else "yes")
-    return v if s.enforce else replace(v, monitor=True)
+    return monitored(v, s.enforce)
 
 
 def locked(lock: LockInfo, s: RateSettings) -> Verdict:
@@ -157,4 +151,23 @@ def locked(lock: LockInfo, s: RateSettings) -> Verdict:
 
 
 def accepted(rule: str = RATE_LIMIT, **detail: str) -> Verdict:
-    return Verdict(Action.ACCEPT, rule, 250, "2.0.0", "ok", detail=dict(detail))
+    return accept(rule, "ok", detail=detail)
+
+
+@dataclass(frozen=True)
+class RateInputs:
+    """One RCPT request after the store answered: what the rule decides on."""
+
+    account: str
+    lock: LockInfo | None = None  # the account's lock, known before or made just now
+    over: bool = False  # this request took the account over its limit
+    count: int = 0  # the window's count after this request
+
+
+def decide(inputs: RateInputs, s: RateSettings) -> list[Verdict]:
+    """Every reason to refuse this send ([] = let it through)."""
+    if inputs.over:
+        return [over_limit(inputs.account, inputs.count, s)]
+    if inputs.lock is not None:
+        return [locked(inputs.lock, s)]
+    return []

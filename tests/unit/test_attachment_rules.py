@@ -6,15 +6,15 @@ import pytest
 
 from mailwarden.config import load_config
 from mailwarden.inspect import Finding, FindingKind, MessageModel
-from mailwarden.milter.evaluate import ContentSettings
 from mailwarden.rules import antivirus, attachments
+from mailwarden.settings import ContentSettings, Settings
 from mailwarden.verdict import Action
 
 MB = 1024 * 1024
 
 
 def settings(**over: object) -> ContentSettings:
-    return ContentSettings.from_config(load_config(None, dict(over)))
+    return Settings.from_config(load_config(None, dict(over))).content
 
 
 S = settings()
@@ -75,9 +75,9 @@ def test_announced_size_refused_only_when_it_can_never_pass() -> None:
     limit = attachments.largest_passable(S.attachments)
     # 30 MB in base64 with CRLF every 76 characters, plus the configured overhead
     assert limit == 43_046_806 + 4 * MB
-    assert attachments.decide_announced_size(limit, S.attachments) is None
-    v = attachments.decide_announced_size(limit + 1, S.attachments)
-    assert v is not None and v.reply.startswith("552 5.3.4")
+    assert attachments.decide_announced_size(limit, S.attachments) == []
+    [v] = attachments.decide_announced_size(limit + 1, S.attachments)
+    assert v.reply.startswith("552 5.3.4")
 
 
 def test_monitor_mode_logs_but_does_not_enforce() -> None:
@@ -95,8 +95,10 @@ def test_reply_file_name_is_ascii_bounded_and_has_no_percent_or_quotes() -> None
 @pytest.mark.parametrize("status,expected", [
     ("clean", None), ("infected", "550 5.7.1"), ("error", "451 4.7.1")])
 def test_antivirus_outcomes(status: str, expected: str | None) -> None:
-    v = antivirus.decide(status, S.antivirus, signature="Eicar-Test-Signature",
-                         error="connect: refused", part="a.zip")
+    found = antivirus.decide(antivirus.ScanResult(
+        status, signature="Eicar-Test-Signature", error="connect: refused", part="a.zip"),
+        S.antivirus)
+    v = found[0] if found else None
     assert (v.reply[:9] if v else None) == expected
     if status == "infected":
         assert v is not None and "Eicar-Test-Signature" in v.text and "Dieu 4.2" in v.article
@@ -104,8 +106,8 @@ def test_antivirus_outcomes(status: str, expected: str | None) -> None:
 
 def test_clamd_error_can_be_accepted_by_config() -> None:
     s = settings(**{"antivirus.on_clamd_error": "accept"})
-    v = antivirus.decide("error", s.antivirus, error="timeout")
-    assert v is not None and v.action is Action.ACCEPT and v.detail["policy"] == "accept"
+    [v] = antivirus.decide(antivirus.ScanResult("error", error="timeout"), s.antivirus)
+    assert v.action is Action.ACCEPT and v.detail["policy"] == "accept"
 
 
 def test_executable_extension_list_is_configurable() -> None:

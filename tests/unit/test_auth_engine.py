@@ -162,7 +162,7 @@ def test_from_config(ring: Any) -> None:
     assert auth.settings.checks.max_signatures == 5
     r = auth.settings.rules
     assert r.local_domains == tuple(cfg.local_domains)
-    assert r.citation == cfg.profile.cite(cfg.profile.antivirus_article)
+    assert r.citation == cfg.profile.cite(cfg.profile.auth_article)  # its own article
     assert (r.enforce, r.dmarc_reject, r.spf_fail_reject, r.dns_error_defer) == \
         (True, True, True, True)
     assert [k.selector for k in auth.keys.keys] == ["mw1"]

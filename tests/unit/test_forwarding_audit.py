@@ -22,16 +22,17 @@ import pytest
 from harness.postfix import PostfixInstance
 from mailwarden import forwarding_audit as fa
 from mailwarden.config import load_config
-from mailwarden.rules.forwarding import ForwardSettings, settings_from_values
+from mailwarden.rules.forwarding import ForwardSettings
+from mailwarden.settings import Settings
 
 CITATION = "QD 162/2025/QD-UBND Dieu 4.5"
 
 
 def values(**over: Any) -> dict[str, Any]:
-    return {**load_config(None).values, "forwarding.state_allow": ["chinhphu.vn"], **over}
+    return {"forwarding.state_allow": ["chinhphu.vn"], **over}
 
 
-S: ForwardSettings = settings_from_values(values(), CITATION)
+S: ForwardSettings = Settings.from_config(load_config(None, values())).content.forwarding
 
 
 def postfix_dir(tmp: Path, virtual: str, aliases: str, **extra: str) -> Path:
@@ -122,7 +123,8 @@ def cli(argv: list[str], cfg: dict[str, Any]) -> tuple[int, argparse.Namespace]:
     p = argparse.ArgumentParser()
     fa.add_arguments(p)
     args = p.parse_args(argv)
-    return fa.main(args, cfg, citation=CITATION), args
+    settings = Settings.from_config(load_config(None, cfg))
+    return fa.main(args, settings.content.forwarding, settings.audit), args
 
 
 def test_command_exit_codes_and_output(tree: dict[str, Any],

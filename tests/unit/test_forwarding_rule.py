@@ -24,10 +24,10 @@ from mailwarden.rules.forwarding import (
     Direction,
     ForwardInputs,
     ForwardSettings,
-    decide,
+    analyse,
     parse_orcpt,
-    settings_from_values,
 )
+from mailwarden.settings import Settings
 from mailwarden.verdict import Action, Verdict
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "forwarding"
@@ -35,10 +35,9 @@ CITATION = "QD 162/2025/QD-UBND Dieu 4.5"
 
 
 def settings(**values: Any) -> ForwardSettings:
-    cfg = load_config(None)
-    merged = {**cfg.values, "forwarding.state_allow": ["chinhphu.vn"],
-              "forwarding.mailbox_hosts": ["10.0.5.0/24"], **values}
-    return settings_from_values(merged, cfg.profile.cite(cfg.profile.forwarding_article))
+    cfg = load_config(None, {"forwarding.state_allow": ["chinhphu.vn"],
+                             "forwarding.mailbox_hosts": ["10.0.5.0/24"], **values})
+    return Settings.from_config(cfg).content.forwarding
 
 
 S = settings()
@@ -105,7 +104,7 @@ def by_rule(verdicts: tuple[Verdict, ...]) -> dict[str, Verdict]:
 @pytest.mark.parametrize("sample", SAMPLES, ids=[s.name for s in SAMPLES])
 def test_sample(sample: Sample) -> None:
     s = sample_settings(sample)
-    decision = decide(sample.inputs, s)
+    decision = analyse(sample.inputs, s)
     verdicts = by_rule(decision.verdicts)
     tokens = {sig.token() for sig in decision.signals}
     assert set(verdicts) == set(sample.expect), (tokens, verdicts)
@@ -150,13 +149,13 @@ def test_every_rule_has_samples_on_both_sides() -> None:
 def test_attached_message_headers_do_not_count_but_the_same_on_top_do() -> None:
     """Guard for the manual-forward sample: its attached headers are strong when top-level."""
     sample = next(s for s in SAMPLES if s.name == "manual-forward-thunderbird-attached")
-    assert decide(sample.inputs, S).verdicts == ()
+    assert analyse(sample.inputs, S).verdicts == ()
     attached = [("X-Sieve-Redirected-From", "alice@ninhbinh.gov.vn"),
                 ("Auto-Submitted", "auto-forwarded")]
     top = ForwardInputs(headers=attached + list(sample.inputs.headers),
                         mail_from=sample.inputs.mail_from,
                         recipients=sample.inputs.recipients, authenticated=True)
-    [v] = decide(top, S).verdicts
+    [v] = analyse(top, S).verdicts
     assert v.rule == forwarding.EXTERNAL_AUTO and v.action is Action.REJECT
 
 
@@ -374,7 +373,7 @@ SIGNAL_CASES = [
 @pytest.mark.parametrize("inputs,expected", [pytest.param(i, e, id=n)
                                              for n, i, e in SIGNAL_CASES])
 def test_signal_alone(inputs: ForwardInputs, expected: set[str]) -> None:
-    assert {sig.token() for sig in decide(inputs, S).signals} == expected
+    assert {sig.token() for sig in analyse(inputs, S).signals} == expected
 
 
 def test_signal_cases_cover_every_signal_name() -> None:
@@ -398,47 +397,71 @@ def test_confidence_to_action(confidence: Confidence, promote: bool,
     case = {Confidence.HIGH: "out-structural", Confidence.MEDIUM: "out-structural-authenticated",
             Confidence.LOW: "weak-resent"}[confidence]
     inputs = next(i for n, i, _ in SIGNAL_CASES if n == case)
-    verdicts = decide(inputs, settings(**{"forwarding.promote_medium": promote})).verdicts
+    verdicts = analyse(inputs, settings(**{"forwarding.promote_medium": promote})).verdicts
     assert [v.action for v in verdicts] == ([action] if action else [])
 
 
 def test_monitor_mode_enforces_nothing() -> None:
     s = settings(**{"forwarding.mode": "monitor", "forwarding.promote_medium": True})
     for _, inputs, _ in SIGNAL_CASES:
-        assert not any(v.enforced for v in decide(inputs, s).verdicts)
-    assert any(v.monitor for _, i, _ in SIGNAL_CASES for v in decide(i, s).verdicts)
+        assert not any(v.enforced for v in analyse(inputs, s).verdicts)
+    assert any(v.monitor for _, i, _ in SIGNAL_CASES for v in analyse(i, s).verdicts)
 
 
-def test_both_directions_give_one_verdict_each() -> None:
-    """A private recipient next to a local one, from outside, with evidence both ways."""
+def test_a_private_recipient_makes_the_mail_ours() -> None:
+    """A private recipient next to a local one, from a client Postfix agreed to relay for,
+    with evidence both ways: Postfix relays outside only for clients it trusts, so the
+    mail is ours and only the outbound direction applies (addresses.Ours)."""
     inputs = inp([("X-Forwarded-For", "alice@gmail.com"), ("X-Zimbra-Forwarded",
                                                            "tuan@ninhbinh.gov.vn")],
                  sender="news@shop.example", to=("bob@ninhbinh.gov.vn", "x@yahoo.com"),
                  hosts=False)
-    rules = {v.rule: v for v in decide(inputs, S).verdicts}
-    assert set(rules) == {forwarding.EXTERNAL_AUTO, forwarding.INBOUND_AUTO}
+    rules = {v.rule: v for v in analyse(inputs, S).verdicts}
+    assert set(rules) == {forwarding.EXTERNAL_AUTO}
     assert rules[forwarding.EXTERNAL_AUTO].detail["recipients"] == "x@yahoo.com"
-    assert rules[forwarding.INBOUND_AUTO].detail["recipients"] == "bob@ninhbinh.gov.vn"
-    assert "Khong nhan thu tu dong chuyen tiep" in rules[forwarding.INBOUND_AUTO].text
     assert "Khong duoc tu dong chuyen tiep" in rules[forwarding.EXTERNAL_AUTO].text
+
+
+def test_inbound_text_names_the_private_forwarder() -> None:
+    inputs = inp([("X-Forwarded-For", "alice@gmail.com bob@ninhbinh.gov.vn")],
+                 sender="news@shop.example", to=("bob@ninhbinh.gov.vn",), hosts=False)
+    [v] = analyse(inputs, S).verdicts
+    assert v.rule == forwarding.INBOUND_AUTO and v.detail["recipients"] == "bob@ninhbinh.gov.vn"
+    assert "Khong nhan thu tu dong chuyen tiep" in v.text and "alice@gmail.com" in v.text
+
+
+def test_trusted_relay_host_auto_forward_to_gmail_is_refused_by_default() -> None:
+    """Issue 9: with the shipped defaults a mailbox server relaying without SASL (a
+    trusted host, not in forwarding.mailbox_hosts) and declaring the forward is refused."""
+    s = Settings.from_config(load_config(None)).content.forwarding
+    for name, value in (("Auto-Submitted", "auto-forwarded"),
+                        ("X-MS-Exchange-Organization-AutoForwarded", "true")):
+        inputs = ForwardInputs(headers=[(name, value)], mail_from="alice@ninhbinh.gov.vn",
+                               recipients=("x@gmail.com",), client_addr="127.0.0.1")
+        [v] = analyse(inputs, s).verdicts
+        assert v.rule == forwarding.EXTERNAL_AUTO and v.enforced, name
+        # the same from that host to another state agency passes
+        state = ForwardInputs(headers=[(name, value)], mail_from="alice@ninhbinh.gov.vn",
+                              recipients=("x@hanoi.gov.vn",), client_addr="127.0.0.1")
+        assert not any(v.enforced for v in analyse(state, s).verdicts)
 
 
 def test_reply_is_ascii_bounded_and_names_a_hostile_mailbox_safely() -> None:
     evil = "a%s\u00e9b\"x" + "y" * 200 + "@ninhbinh.gov.vn"
     inputs = from_host([("X-Sieve-Redirected-From", evil)], sender="b@ninhbinh.gov.vn")
-    [v] = decide(inputs, S).verdicts
+    [v] = analyse(inputs, S).verdicts
     assert v.text.isascii() and "%" not in v.text and '"' not in v.text
     assert len(v.reply) < 512
 
 
 def test_reply_without_a_named_mailbox_says_unknown() -> None:
-    [v] = decide(inp(sender="SRS0=Ab12=TZ=p.vn=h@ninhbinh.gov.vn", final=True), S).verdicts
+    [v] = analyse(inp(sender="SRS0=Ab12=TZ=p.vn=h@ninhbinh.gov.vn", final=True), S).verdicts
     assert "(forwarding mailbox: khong ro/unknown)" in v.text and v.detail["mailbox"] == "unknown"
 
 
 def test_log_detail_lists_every_signal_of_the_direction() -> None:
     sample = next(s for s in SAMPLES if s.name == "dovecot-sieve-redirect-to-gmail")
-    [v] = decide(sample.inputs, S).verdicts
+    [v] = analyse(sample.inputs, S).verdicts
     assert v.detail["signals"].split(",") == [  # strongest first, then as found
         "sieve-redirect:high=alice@ninhbinh.gov.vn", "structural:high=alice@ninhbinh.gov.vn",
         "delivered-to:medium=alice@ninhbinh.gov.vn"]
@@ -449,7 +472,7 @@ def test_a_message_stuffed_with_forwarding_headers_stays_bounded() -> None:
     headers = [("X-Forwarded-For", " ".join(f"u{i}.{j}@ninhbinh.gov.vn" for j in range(40)))
                for i in range(3000)]
     headers.append(("Delivered-To", "last@ninhbinh.gov.vn"))
-    d = decide(from_host(headers, sender="a@ninhbinh.gov.vn"), S)
+    d = analyse(from_host(headers, sender="a@ninhbinh.gov.vn"), S)
     assert len(d.signals) <= forwarding._MAX_SIGNALS + 1
     assert "delivered-to:medium=last@ninhbinh.gov.vn" in {sig.token() for sig in d.signals}
     [v] = d.verdicts
@@ -459,7 +482,7 @@ def test_a_message_stuffed_with_forwarding_headers_stays_bounded() -> None:
 
 
 def test_strongest() -> None:
-    d = decide(next(i for n, i, _ in SIGNAL_CASES if n == "in-rules-loop-with-srs"), S)
+    d = analyse(next(i for n, i, _ in SIGNAL_CASES if n == "in-rules-loop-with-srs"), S)
     assert d.strongest(Direction.INBOUND) is Confidence.HIGH
     assert d.strongest(Direction.OUTBOUND) is None
 

@@ -7,9 +7,9 @@ import ipaddress
 import pytest
 
 from mailwarden.config import load_config
-from mailwarden.policyd.service import rate_settings
 from mailwarden.rules import ratelock
 from mailwarden.rules.ratelock import LockInfo, RateSettings, Scope
+from mailwarden.settings import Settings
 from mailwarden.verdict import Action
 
 
@@ -17,7 +17,7 @@ def settings(**over: object) -> RateSettings:
     cfg = load_config(None, {"ratelimit.overrides": {
         "bulk@ninhbinh.gov.vn": {"limit": 2000}, "noreply@ninhbinh.gov.vn": {"exempt": True}},
         **over})
-    return rate_settings(cfg)
+    return Settings.from_config(cfg).rate
 
 
 def req(**kw: str) -> dict[str, str]:
@@ -48,8 +48,29 @@ S = settings()
                      recipient="x@gmail.com"), Scope.EXTERNAL, "webmail@ninhbinh.gov.vn",
                  id="trusted-host-local-sender"),
     pytest.param(req(sender="alice@ninhbinh.gov.vn", client_address="203.0.113.9",
-                     recipient="x@gmail.com"), Scope.INBOUND, "",
+                     recipient="bob@ninhbinh.gov.vn"), Scope.INBOUND, "",
                  id="untrusted-client-claiming-local-sender"),
+    # Postfix relayed to an outside domain, so it trusts the client (mynetworks): ours,
+    # counted, whatever policyd's own list says.
+    pytest.param(req(sender="alice@ninhbinh.gov.vn", client_address="203.0.113.9",
+                     recipient="x@gmail.com"), Scope.EXTERNAL, "alice@ninhbinh.gov.vn",
+                 id="relayed-outside-is-ours"),
+    pytest.param(req(sasl_username="alice@ninhbinh.gov.vn", recipient="gmail.com!x"),
+                 Scope.EXTERNAL, "alice@ninhbinh.gov.vn", id="bang-path-counts"),
+    pytest.param(req(sasl_username="alice@ninhbinh.gov.vn",
+                     recipient="gmail.com!x@ninhbinh.gov.vn"),
+                 Scope.EXTERNAL, "alice@ninhbinh.gov.vn", id="bang-path-at-local-counts"),
+    pytest.param(req(sasl_username="alice@ninhbinh.gov.vn",
+                     recipient="x%gmail.com@ninhbinh.gov.vn"),
+                 Scope.EXTERNAL, "alice@ninhbinh.gov.vn", id="percent-hack-counts"),
+    pytest.param(req(sasl_username="alice@ninhbinh.gov.vn",
+                     recipient='"x@gmail.com"@ninhbinh.gov.vn'),
+                 Scope.EXTERNAL, "alice@ninhbinh.gov.vn", id="quoted-at-counts"),
+    pytest.param(req(sasl_username="alice@ninhbinh.gov.vn", recipient="bob"),
+                 Scope.INTERNAL, "alice@ninhbinh.gov.vn", id="bare-local-part-is-ours"),
+    # not provably local (Postfix may route it to "b"): counted, the fail-safe side
+    pytest.param(req(sasl_username="alice@ninhbinh.gov.vn", recipient="a%b@ninhbinh.gov.vn"),
+                 Scope.EXTERNAL, "alice@ninhbinh.gov.vn", id="percent-to-unqualified-counts"),
     pytest.param(req(sender="x@gmail.com", recipient="alice@ninhbinh.gov.vn"), Scope.INBOUND, "",
                  id="inbound-mail"),
     pytest.param(req(sender="", client_address="127.0.0.1", recipient="alice@ninhbinh.gov.vn"),
@@ -114,4 +135,4 @@ def test_locked_reply_says_why_since_and_whom_to_contact() -> None:
 
 
 def test_trusted_networks_parse() -> None:
-    assert ipaddress.ip_address("127.0.0.1") in S.trusted_networks[0]
+    assert ipaddress.ip_address("127.0.0.1") in S.ours.trusted_networks[0]
