@@ -88,10 +88,8 @@ class PolicyService:
             return DUNNO
         now = self.clock.now()
         known = self.locks.get(c.account, now)
-        if known is not None:
-            return self._refuse(attrs, "RCPT", ratelock.locked(known, self.s))
-        if c.scope is not Scope.EXTERNAL:
-            return DUNNO
+        if known is not None or c.scope is not Scope.EXTERNAL:
+            return self._decided(attrs, ratelock.RateInputs(c.account, lock=known))
         return await self._reserve(attrs, c, now)
 
     async def _reserve(self, attrs: Mapping[str, str], c: Classified, now: float) -> str:
@@ -102,22 +100,22 @@ class PolicyService:
             lock_expire_s=self.lock_expire,
             lock_reason=self.lock_reason.format(count=limit))
         self.stats.max_window = max(self.stats.max_window, r.count)
-        if r.status == "locked" and r.lock is not None:
+        over = r.status == "over"
+        if r.lock is not None:
             self.locks.add(r.lock)
-            return self._refuse(attrs, "RCPT", ratelock.locked(r.lock, self.s))
-        if r.status == "over":
-            verdict = ratelock.over_limit(c.account, r.count, self.s)
-            # One decision, one line: the refusal says whether it locked the account.
-            verdict = replace(verdict, detail={**verdict.detail, "limit": str(limit),
-                                               "locked": "yes" if r.lock else "no",
-                                               "account": c.account})
-            if r.lock is not None:
-                self.locks.add(r.lock)
+            if over:
                 self.locks.save()
                 self.stats.locks += 1
-            return self._refuse(attrs, "RCPT", verdict)
-        if self.log_accepts:
-            log.info("%s", self._line(attrs, "RCPT", ratelock.accepted(count=str(r.count))))
+        return self._decided(attrs, ratelock.RateInputs(
+            c.account, lock=r.lock if r.status == "locked" else None, over=over,
+            count=r.count, locked_now=over and r.lock is not None))
+
+    def _decided(self, attrs: Mapping[str, str], inputs: ratelock.RateInputs) -> str:
+        """The rate rule's verdicts as the answer: the first refusal, else DUNNO."""
+        for v in ratelock.decide(inputs, self.s):
+            return self._refuse(attrs, "RCPT", v)
+        if self.log_accepts and inputs.count:
+            log.info("%s", self._line(attrs, "RCPT", ratelock.accepted(count=str(inputs.count))))
         return DUNNO
 
     # -- END-OF-MESSAGE ------------------------------------------------------

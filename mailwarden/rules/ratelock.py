@@ -123,8 +123,9 @@ def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
-def over_limit(account: str, count: int, s: RateSettings) -> Verdict:
-    """The request that takes the account over its limit (Dieu 7.2.b)."""
+def over_limit(account: str, count: int, s: RateSettings, *, locked: bool = True) -> Verdict:
+    """The request that takes the account over its limit (Dieu 7.2.b); one decision
+    line says whether it locked the account (monitor mode and a lost race do not)."""
     limit = limit_for(account, s)
     unit = "thu" if s.count_unit == "messages" else "nguoi nhan"
     unit_en = "messages" if s.count_unit == "messages" else "recipients"
@@ -136,7 +137,8 @@ def over_limit(account: str, count: int, s: RateSettings) -> Verdict:
         f"account locked; contact {reply_safe(s.contact, 120)}"
     )
     v = reject(RATE_LIMIT, text, s.rate_citation, count=str(count), limit=str(limit),
-               window=window, locked="no" if not s.enforce else "yes")
+               window=window, locked="yes" if s.enforce and locked else "no",
+               account=account)
     return monitored(v, s.enforce)
 
 
@@ -162,12 +164,13 @@ class RateInputs:
     lock: LockInfo | None = None  # the account's lock, known before or made just now
     over: bool = False  # this request took the account over its limit
     count: int = 0  # the window's count after this request
+    locked_now: bool = False  # going over made the lock (False: monitor, or lost a race)
 
 
 def decide(inputs: RateInputs, s: RateSettings) -> list[Verdict]:
     """Every reason to refuse this send ([] = let it through)."""
     if inputs.over:
-        return [over_limit(inputs.account, inputs.count, s)]
+        return [over_limit(inputs.account, inputs.count, s, locked=inputs.locked_now)]
     if inputs.lock is not None:
         return [locked(inputs.lock, s)]
     return []
