@@ -158,7 +158,7 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_forwarding(args: argparse.Namespace, cfg: Config) -> int:
-    from mailwarden import forwarding_audit
+    from mailwarden.audit import command as forwarding_audit
     from mailwarden.settings import Settings
 
     settings = Settings.from_config(cfg)
@@ -215,6 +215,11 @@ def cmd_config(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.action == "reference":
         sys.stdout.write(reference_markdown())
+        return EXIT_OK
+    if args.action == "rules":
+        from mailwarden.verdict import rules_markdown
+
+        sys.stdout.write(rules_markdown())
         return EXIT_OK
     cfg = _load(args)
     sys.stdout.write(f"# {cfg.path}: OK\n")
@@ -332,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     fsub = f.add_subparsers(dest="forwarding_command", required=True, metavar="ACTION")
     fa = fsub.add_parser("audit", help="list configured forwards from local mailboxes to "
                          "private addresses (aliases, .forward, Sieve); exit 1 if any")
-    from mailwarden import forwarding_audit
+    from mailwarden.audit import command as forwarding_audit
 
     forwarding_audit.add_arguments(fa)
 
@@ -349,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                     default="rsa-sha256")
 
     c = sub.add_parser("config", help="check the config or print the annotated sample")
-    c.add_argument("action", choices=("check", "sample", "reference"))
+    c.add_argument("action", choices=("check", "sample", "reference", "rules"))
     c.add_argument("--config", "-c", dest="sub_config", metavar="FILE")
 
     sub.add_parser("locks", help="list locked accounts").add_argument("--json", action="store_true")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import traceback
 from pathlib import PurePath
 
-from mailwarden.verdict import Action, Verdict, defer
+from mailwarden.verdict import Action, Verdict, defer, rule_id
 
-INTERNAL_ERROR = "internal.error"
+INTERNAL_ERROR = rule_id("internal.error")
 POLICIES = ("defer", "accept")
 
 _TEXT = ("Loi tam thoi khi kiem tra thu, vui long thu lai sau. "

@@ -100,7 +100,7 @@ _REGISTRY = (
              "Attachments over the cap (552 5.3.4), or a SIZE= that can never pass."),
     RuleInfo("av.infected", "milter", "EOM", "antivirus_article",
              "clamd found a virus or malware."),
-    RuleInfo("av.unavailable", "milter", "EOM", "antivirus_article",
+    RuleInfo("av.unavailable", "milter", "EOM", "",
              "clamd down, timing out or failing: 451 or accept-unscanned per "
              "antivirus.on_clamd_error."),
     RuleInfo("forward.external_auto", "milter", "EOM", "forwarding_article",

@@ -24,7 +24,7 @@ from mailwarden.rules.ratelock import Classified, LockInfo, Scope
 from mailwarden.settings import Settings
 from mailwarden.store.redis_store import RedisStore
 from mailwarden.units import format_duration
-from mailwarden.verdict import Action, Verdict, defer, reply_safe
+from mailwarden.verdict import Action, Verdict, reply_safe
 
 log = logging.getLogger("mailwarden.policyd")
 
@@ -159,13 +159,9 @@ class PolicyService:
     def backend_failure(self, attrs: Mapping[str, str], stage: str, e: BaseException) -> str:
         self.stats.redis_errors += 1
         why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        if self.on_error_defer and stage == "RCPT":
-            v = defer(ratelock.BACKEND_ERROR,
-                      "Tam thoi khong kiem tra duoc gioi han gui thu, vui long thu lai sau. "
-                      "Sending limit check temporarily unavailable, try again later",
-                      error=why)
+        v = ratelock.backend_error(why, defer=self.on_error_defer and stage == "RCPT")
+        if v.action is Action.DEFER:
             return self._refuse(attrs, stage, v)
-        v = ratelock.accepted(ratelock.BACKEND_ERROR, error=why, policy="accept")
         log.error("%s", self._line(attrs, stage, v, action="accept-unchecked"))
         return DUNNO
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from mailwarden.addresses import Ours, mailbox_key, split_address
 from mailwarden.units import format_duration
 from mailwarden.verdict import Verdict, accept, monitored, reject, reply_safe, rule_id
+from mailwarden.verdict import defer as defer_verdict
 
 RATE_LIMIT = rule_id("ratelimit.external_recipients")
 ACCOUNT_LOCKED = rule_id("account.locked")
@@ -154,6 +155,17 @@ def locked(lock: LockInfo, s: RateSettings) -> Verdict:
 
 def accepted(rule: str = RATE_LIMIT, **detail: str) -> Verdict:
     return accept(rule, "ok", detail=detail)
+
+
+def backend_error(why: str, *, defer: bool) -> Verdict:
+    """Redis did not answer: 451 (on_redis_error = defer, at RCPT) or let it through,
+    logged as accept-unchecked (locks are still enforced from the in-process copy)."""
+    if defer:
+        return defer_verdict(BACKEND_ERROR,
+                             "Tam thoi khong kiem tra duoc gioi han gui thu, vui long thu lai "
+                             "sau. Sending limit check temporarily unavailable, try again "
+                             "later", error=why)
+    return accept(BACKEND_ERROR, "ok", error=why, policy="accept")
 
 
 @dataclass(frozen=True)
