@@ -24,29 +24,21 @@ from mailwarden.auth.dmarc import PublicSuffixes, evaluate_dmarc
 from mailwarden.auth.dns import Lookup, Status
 from mailwarden.auth.results import AuthResults, DkimCheck, Result, SpfCheck
 from mailwarden.auth.spf import check_spf
+from mailwarden.inspect.headers import parse_headers
 
 # dkimpy logs every failed key lookup at ERROR through its own logger; our verdicts
 # and Authentication-Results already say it, so its logger is kept silent.
 _QUIET = logging.Logger("mailwarden.auth.dkimpy", level=logging.CRITICAL + 1)
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 MAX_HEADER_BYTES = 1024 * 1024
 
 
 def read_headers(raw: bytes, limit: int = MAX_HEADER_BYTES) -> list[tuple[str, str]]:
-    """(name, unfolded value) of each header field, in order; the body is not read."""
-    m = _HEADER_END.search(raw, 0, limit)
-    block = raw[: m.start()] if m else raw[:limit]
-    out: list[tuple[str, str]] = []
-    for line in re.split(rb"\r?\n", block):
-        text = line.decode("utf-8", "surrogateescape")
-        if text[:1] in (" ", "\t") and out:
-            name, value = out[-1]
-            out[-1] = (name, value + " " + text.strip())
-        elif ":" in text:
-            name, _, value = text.partition(":")
-            out.append((name.strip(), value.strip()))
-    return out
+    """(name, unfolded value) of each top-level header field, in order, read by THE header
+    parser (inspect/headers.py) that the MIME walk and the final hop use; the body is not
+    read. DKIM verification and signing read the header with dkimpy's own byte-exact
+    parser, as canonicalisation (RFC 6376 3.4) requires."""
+    return parse_headers(raw, max_bytes=limit).fields
 
 
 def from_domains(headers: Sequence[tuple[str, str]]) -> tuple[str, ...]:

@@ -7,6 +7,10 @@ and each leaf is handed to `archives.inspect_blob` and to the caller's
 `on_part` before the next one is read. Header blocks are capped at
 `max_header_bytes`; entities at `max_parts`; nesting at `max_mime_depth`.
 
+Header blocks (the message's and every part's) are read by THE header parser,
+inspect/headers.py, which the final-hop pass and authentication use too; its
+rules (folding, lines without a colon, caps) are described there.
+
 Leniency choices (each leaves a defect in the model):
   * boundary lines match strictly ("--" boundary ["--"] [LWSP]), innermost
     boundary first; an outer boundary also ends the inner parts
@@ -57,8 +61,15 @@ from mailwarden.inspect.filenames import (
     param_values,
     parse_header_value,
 )
+from mailwarden.inspect.headers import (
+    MAX_FIELDS,
+    MAX_LINE,
+    HeaderBlock,
+    HeaderReader,
+    Step,
+    clean,
+)
 
-MAX_LINE = 64 * 1024  # longer lines are read in chunks of this size
 _TIME_CHECK_EVERY = 256  # lines
 _BLOCK_MAX = 64 * 1024  # bulk reads of base64 bodies (_Lines.block)
 _BLOCK_MIN = 1024
@@ -267,9 +278,7 @@ class _Headers:
         return [value for key, value in self.fields if key.lower() == name]
 
 
-def _clean(text: str) -> str:
-    """Surrogate-escaped 8-bit bytes -> U+FFFD, for values that leave the walker."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+_clean = clean  # surrogate-escaped 8-bit bytes -> U+FFFD, for values that leave the walker
 
 
 def _pick_content_type(headers: _Headers) -> HeaderValue:
@@ -301,77 +310,51 @@ class _Walker:
         self.on_part = on_part
         self.entities = 0
         self.leaves = 0
+        self._last_block = HeaderBlock([], [])
 
     # --- header blocks
 
     def _read_headers(self, lines: _Lines, stack: list[bytes], top: bool) -> _Headers:
-        raw: list[bytes] = []  # logical header lines, still folded together
-        held: list[_Line] = []  # lines since the first line without a colon
-        size = 0
-        over = False
-        first = True
+        """One header block, read by THE header parser (inspect/headers.py); this loop
+        adds only what a stream of parts needs: boundaries, and handing back the lines
+        that turn out to be a body."""
+        reader = HeaderReader(top=top, max_bytes=self.limits.max_header_bytes,
+                              defect=self._header_defect)
         while True:
             item = lines.next()
             if item is None:
-                return self._finish_headers(raw, None, True, held)
-            line, starts = item
+                return self._finish_headers(reader, None, True)
             boundary = _match_boundary(item, stack)
             if boundary is not None:
-                return self._finish_headers(raw, boundary, False, held)
-            if starts and line in (b"\r\n", b"\n"):
-                return self._finish_headers(raw, None, False, [])
-            if first and top and line.startswith(b"From "):
-                self.ctx.defect("mbox-from-line")
-                first = False
-                continue
-            first = False
-            size += len(line)
-            if size > self.limits.max_header_bytes:
-                if not over:
-                    over = True
-                    self.ctx.defect("header-limit")
-                    self.ctx.add(FindingKind.UNINSPECTABLE, "", "header-limit",
-                                 f"header block over {self.limits.max_header_bytes} bytes")
-                if held:  # a glued-on body, not a header block: stop here
-                    lines.push([item])
-                    return self._finish_headers(raw, None, False, held)
-                continue
-            if held:
-                held.append(item)
-            if not starts or line[:1] in (b" ", b"\t"):
-                if raw:
-                    raw[-1] += line
-                continue
-            if b":" not in line:
-                self.ctx.defect("header-without-colon")
-                if not held:
-                    held.append(item)
-                continue
-            raw.append(line)
+                return self._finish_headers(reader, boundary, False)
+            step = reader.feed(item)
+            if step is Step.END:
+                return self._finish_headers(reader, None, False)
+            if step is Step.GLUED:
+                lines.push([item])
+                return self._finish_headers(reader, None, False)
 
-    def _finish_headers(self, raw: list[bytes], stop: _Boundary | None, eof: bool,
-                        held: list[_Line]) -> _Headers:
-        fields = []
-        for logical in raw:
-            name, _, value = logical.partition(b":")
-            unfolded = re.sub(rb"\r?\n", b"", value).strip()
-            if not logical.isascii():
-                try:
-                    logical.decode("utf-8")  # raw UTF-8 is fine (RFC 6532)
-                except UnicodeDecodeError:
-                    self.ctx.defect("8bit-header")
-            # surrogateescape keeps 8-bit bytes recoverable (a boundary must
-            # match byte for byte); `_clean` makes text for the model.
-            fields.append((name.strip().decode("utf-8", "surrogateescape"),
-                           unfolded.decode("utf-8", "surrogateescape")))
-        return _Headers(fields, stop, eof, held)
+    def _header_defect(self, name: str) -> None:
+        self.ctx.defect(name)
+        if name == "header-limit":
+            self.ctx.add(FindingKind.UNINSPECTABLE, "", "header-limit",
+                         f"header block over {self.limits.max_header_bytes} bytes or "
+                         f"{MAX_FIELDS} fields")
+
+    def _finish_headers(self, reader: HeaderReader, stop: _Boundary | None,
+                        eof: bool) -> _Headers:
+        block = reader.block(complete=stop is None and not eof)
+        # raw_fields keep 8-bit bytes recoverable (a boundary must match byte for byte);
+        # block.fields is the text for the model.
+        self._last_block = block
+        return _Headers(block.raw_fields, stop, eof, reader.held)
 
     # --- entities
 
     def walk(self, lines: _Lines, prefix: str, depth: int, top: bool) -> None:
         headers = self._read_headers(lines, [], top)
         if top:
-            self.model.headers = [(_clean(k), _clean(v)) for k, v in headers.fields]
+            self.model.headers = self._last_block.fields
         self._entity(lines, [], headers, prefix, depth, "text/plain")
 
     def _entity(self, lines: _Lines, stack: list[bytes], headers: _Headers, prefix: str,

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 from mailwarden.clients import clamd
-from mailwarden.inspect import DecodedPart, MessageModel, inspect_message
+from mailwarden.inspect import (
+    DecodedPart,
+    Finding,
+    FindingKind,
+    MessageModel,
+    inspect_message,
+)
+from mailwarden.inspect.headers import HeaderBlock, parse_headers
 from mailwarden.rules import antivirus, attachments, forwarding
 from mailwarden.rules.forwarding import ForwardInputs, ForwardSettings
 from mailwarden.settings import ContentSettings
@@ -72,20 +79,11 @@ def _forwarding(headers: list[tuple[str, str]], env: Envelope,
     return forwarding.decide(inputs, s)
 
 
-def top_level_headers(message: BinaryIO, limit: int = 256 * 1024) -> list[tuple[str, str]]:
-    """The header block only (the final hop needs nothing else), bounded."""
-    from email.parser import BytesHeaderParser
-    from email.policy import compat32
-
+def top_level_headers(message: BinaryIO, limit: int) -> HeaderBlock:
+    """The header block only (the final hop needs nothing else), read by THE header
+    parser (inspect/headers.py), so both passes give the forwarding rule the same fields."""
     message.seek(0)
-    block = bytearray()
-    while len(block) < limit:
-        line = message.readline(limit)
-        if not line or line in (b"\r\n", b"\n"):
-            break
-        block += line
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(bytes(block))
-    return [(k, str(v)) for k, v in parsed.items()]
+    return parse_headers(message, max_bytes=limit)
 
 
 def evaluate(message: BinaryIO, s: ContentSettings, *, scanner: Scanner | None = None,
@@ -102,7 +100,14 @@ def evaluate(message: BinaryIO, s: ContentSettings, *, scanner: Scanner | None =
     if envelope is not None and envelope.final_hop:
         # Content was judged on the first pass; after rewriting only forwarding matters.
         result = Evaluation()
-        result.verdicts = _forwarding(top_level_headers(message), envelope, s.forwarding)
+        block = top_level_headers(message, s.limits.max_header_bytes)
+        result.verdicts = _forwarding(block.fields, envelope, s.forwarding)
+        if block.over_limit:  # fail closed: a block not read to its end is no pass
+            result.verdicts.extend(attachments.decide(MessageModel(
+                headers=block.fields, findings=[Finding(
+                    FindingKind.UNINSPECTABLE, "", "header-limit",
+                    f"header block over {s.limits.max_header_bytes} bytes")]),
+                s.attachments))
         result.elapsed_s = clock() - start
         return result
     deadline = start + s.budget_s
