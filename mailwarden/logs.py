@@ -170,6 +170,13 @@ def event_line(queue_id: str, text: str, **values: str | int | float) -> str:
     return _fit(head, [" " + _kv(k, str(v)) for k, v in values.items()], "", MAX_LINE)
 
 
+def note(text: str, **values: str | int | float) -> str:
+    """`text k=v ...` for a daemon event that concerns no message (a lock refresh
+    that failed, ...): `text` is fixed text from the code, the rest escaped values."""
+    return _fit(escape(text, _NAME_LIMIT), [" " + _kv(k, str(v)) for k, v in values.items()],
+                "", MAX_LINE)
+
+
 def setup_logging(daemon: str, level: str = "info", use_syslog: bool = False,
                   facility: str = "mail", syslog_socket: str = "/dev/log") -> logging.Logger:
     """Root logger to stderr (journald adds time and PID) or to syslog."""

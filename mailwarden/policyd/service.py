@@ -182,8 +182,8 @@ class PolicyService:
         try:
             self.locks.replace_all(await self.store.list_locks())
         except (RedisError, OSError, TimeoutError) as e:
-            log.warning("lock list refresh failed, keeping %d known locks: %s",
-                        len(self.locks.locks), e)
+            log.warning("%s", logs.note("lock list refresh failed, keeping the known locks",
+                                        locks=len(self.locks.locks), error=str(e)))
 
     async def lock_refresher(self, interval_s: float) -> None:
         while True:

@@ -142,3 +142,9 @@ def test_over_limit_and_lock_is_one_line(caplog: pytest.LogCaptureFixture,
         "from=<alice@ninhbinh.gov.vn> to=<x@gmail.com> sasl_username=alice@ninhbinh.gov.vn "
         "article=")
     assert service.stats.locks == 1 and service.stats.reject == 1
+
+
+def test_note_line_escapes_its_values() -> None:
+    assert logs.note("lock list refresh failed, keeping the known locks", locks=3,
+                     error="Timeout\nreading") == \
+        'lock list refresh failed, keeping the known locks locks=3 error="Timeout\\x0areading"'
