@@ -1,4 +1,4 @@
-"""mailwarden/forwarding_audit.py: configured forwards to private mailboxes (issue #4 item 3).
+"""mailwarden/audit/: configured forwards to private mailboxes (issue #4 item 3).
 
 The acceptance test builds a real private Postfix configuration directory
 (the sandbox's main.cf) with real hash maps made by postmap/postalias, plus
@@ -20,7 +20,32 @@ from typing import Any
 import pytest
 
 from harness.postfix import PostfixInstance
-from mailwarden import forwarding_audit as fa
+from mailwarden.audit import command, sources
+from mailwarden.audit.aliases import MAX_INCLUDE_DEPTH, Names, expand_targets, split_targets
+from mailwarden.audit.findings import (
+    FORWARD,
+    NOT_INSPECTABLE,
+    AuditError,
+    AuditFinding,
+    owner_from_path,
+    path_parts,
+)
+from mailwarden.audit.forward_files import forward_file_findings
+from mailwarden.audit.postfix_maps import (
+    PAIRS,
+    POSTMAP,
+    TEXTHASH,
+    UNREADABLE,
+    MapLeaf,
+    map_leaves,
+    pair_findings,
+    postconf_values,
+    postmap_error,
+    postmap_pairs,
+    split_map_list,
+    text_pairs,
+)
+from mailwarden.audit.sieve import sieve_findings, sieve_redirects
 from mailwarden.config import load_config
 from mailwarden.rules.forwarding import ForwardSettings
 from mailwarden.settings import Settings
@@ -95,9 +120,9 @@ def tree(tmp_path: Path) -> dict[str, Any]:
     return {"home": home, "postfix": postfix_dir(tmp_path, VIRTUAL, ALIASES)}
 
 
-def run_audit(tree: dict[str, Any]) -> list[fa.AuditFinding]:
+def run_audit(tree: dict[str, Any]) -> list[AuditFinding]:
     home = tree["home"]
-    return fa.audit(S, postconf_dir=str(tree["postfix"]),
+    return sources.audit(S, postconf_dir=str(tree["postfix"]),
                     forward_globs=[f"{home}/*/.forward"],
                     sieve_globs=[f"{home}/*/sieve", f"{home}/*/.dovecot.sieve"])
 
@@ -105,7 +130,7 @@ def run_audit(tree: dict[str, Any]) -> list[fa.AuditFinding]:
 def test_exactly_the_three_bad_forwards(tree: dict[str, Any]) -> None:
     findings = run_audit(tree)
     home = tree["home"]
-    assert [f.kind for f in findings] == [fa.FORWARD] * 3, [f.line() for f in findings]
+    assert [f.kind for f in findings] == [FORWARD] * 3, [f.line() for f in findings]
     got = {(f.source, f.mailbox, f.target, f.location) for f in findings}
     assert got == {
         ("virtual_alias_maps", "user@ninhbinh.gov.vn", "someone@gmail.com",
@@ -121,10 +146,10 @@ def test_exactly_the_three_bad_forwards(tree: dict[str, Any]) -> None:
 
 def cli(argv: list[str], cfg: dict[str, Any]) -> tuple[int, argparse.Namespace]:
     p = argparse.ArgumentParser()
-    fa.add_arguments(p)
+    command.add_arguments(p)
     args = p.parse_args(argv)
     settings = Settings.from_config(load_config(None, cfg))
-    return fa.main(args, settings.content.forwarding, settings.audit), args
+    return command.main(args, settings.content.forwarding, settings.audit), args
 
 
 def test_command_exit_codes_and_output(tree: dict[str, Any],
@@ -165,13 +190,13 @@ def test_map_types_postfix_cannot_list(tmp_path: Path,
     (tmp_path / "extra").write_text("@sotc.ninhbinh.gov.vn  catchall@outlook.com\n")
     cfg_dir = postfix_dir(tmp_path, "a@ninhbinh.gov.vn a@yahoo.com\n", "",
                           virtual_alias_maps=maps, alias_maps="")
-    findings = fa.audit(S, postconf_dir=str(cfg_dir))
-    forwards = {(f.mailbox, f.target) for f in findings if f.kind == fa.FORWARD}
+    findings = sources.audit(S, postconf_dir=str(cfg_dir))
+    forwards = {(f.mailbox, f.target) for f in findings if f.kind == FORWARD}
     assert forwards == {("a@ninhbinh.gov.vn", "a@yahoo.com"),
                         ("@sotc.ninhbinh.gov.vn", "catchall@outlook.com"),
                         ("ops@ninhbinh.gov.vn", "ops.team@gmail.com")}
     blind = {f.location.split(":")[0]: f.detail for f in findings
-             if f.kind == fa.NOT_INSPECTABLE}
+             if f.kind == NOT_INSPECTABLE}
     assert set(blind) == {"ldap", "regexp", "hash"}
     assert "cannot be listed" in blind["ldap"] and "cannot be listed" in blind["regexp"]
     assert "missing" in blind["hash"]  # postmap's own words about the absent database
@@ -190,7 +215,7 @@ def test_static_catch_all_and_aliases_include(tmp_path: Path) -> None:
     cfg_dir = postfix_dir(tmp_path, "", f"doan: :include:{tmp_path}/list.inc\n",
                           virtual_alias_maps="static:archive@mailstore.example")
     got = {(f.source, f.mailbox, f.target, f.detail)
-           for f in fa.audit(S, postconf_dir=str(cfg_dir)) if f.kind == fa.FORWARD}
+           for f in sources.audit(S, postconf_dir=str(cfg_dir)) if f.kind == FORWARD}
     assert got == {
         ("virtual_alias_maps", "*@ninhbinh.gov.vn (every address)", "archive@mailstore.example",
          ""),
@@ -201,10 +226,10 @@ def test_static_catch_all_and_aliases_include(tmp_path: Path) -> None:
 
 def test_postconf_failure_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "main.cf").write_text("")
-    with pytest.raises(fa.AuditError):
-        fa.audit(S, postconf_dir=str(tmp_path), postconf="/nonexistent/postconf")
-    with pytest.raises(fa.AuditError):
-        fa.audit(S, postconf_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(AuditError):
+        sources.audit(S, postconf_dir=str(tmp_path), postconf="/nonexistent/postconf")
+    with pytest.raises(AuditError):
+        sources.audit(S, postconf_dir=str(tmp_path / "nowhere"))
 
 
 # -- parsers -------------------------------------------------------------------------------
@@ -227,9 +252,9 @@ def test_postconf_failure_is_an_error(tmp_path: Path) -> None:
 ], ids=["plain", "copy", "dsn-tags", "case-and-brackets", "hash-comment", "block-comment",
         "inside-if-else", "word-in-a-string", "text-string", "variables", "list", "no-address"])
 def test_sieve_redirects(script: str, expected: list[tuple[str, int, tuple[str, ...]]]) -> None:
-    got = [(r.address, r.line, r.tags) for r in fa.sieve_redirects(script)]
+    got = [(r.address, r.line, r.tags) for r in sieve_redirects(script)]
     assert got == expected
-    for r in fa.sieve_redirects(script):
+    for r in sieve_redirects(script):
         assert bool(r.problem) == (r.address == "")
 
 
@@ -245,11 +270,149 @@ def test_sieve_redirects(script: str, expected: list[tuple[str, int, tuple[str, 
 ], ids=["home", "sieve-dir", "vmail-domain-dir", "address-in-name", "prefix-and-suffix",
     "no-wildcard"])
 def test_owner_from_path(path: str, pattern: str, owner: str) -> None:
-    assert fa.owner_from_path(path, pattern, S) == owner
+    assert owner_from_path(path, pattern, S) == owner
 
 
 def test_split_helpers() -> None:
-    assert fa.split_map_list("hash:/a, inline:{ a=b, c=d }  ldap:/x") == \
+    assert split_map_list("hash:/a, inline:{ a=b, c=d }  ldap:/x") == \
         ["hash:/a", "inline:{ a=b, c=d }", "ldap:/x"]
-    assert fa.split_targets('a@x.vn, "b c"@y.vn  \\alice,|cmd') == \
+    assert split_targets('a@x.vn, "b c"@y.vn  \\alice,|cmd') == \
         ["a@x.vn", '"b c"@y.vn', "\\alice", "|cmd"]
+
+
+# -- the package's shape: pure parsers, one module of I/O -------------------------------------
+PURE = ("findings", "aliases", "postfix_maps", "forward_files", "sieve")
+SYSTEM = {"subprocess", "os", "pathlib", "glob", "socket", "shutil", "io", "tempfile", "sys"}
+
+
+def _imports(module: str) -> set[str]:
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("name", PURE)
+def test_parser_modules_import_nothing_that_touches_the_system(name: str) -> None:
+    imported = _imports(f"mailwarden.audit.{name}")
+    assert not {i.split(".")[0] for i in imported} & SYSTEM, imported
+    assert not imported & {"mailwarden.audit.sources", "mailwarden.audit.command"}
+
+
+def test_the_package_init_imports_nothing() -> None:
+    assert _imports("mailwarden.audit") == set()  # importing a parser loads no I/O module
+
+
+@pytest.mark.parametrize("path", ["/home/alice/.forward", "relative/dir/x.sieve", "/x", "x",
+                                  "a//b/./c/", "/", "../up/file"])
+def test_path_parts_match_pathlib(path: str) -> None:
+    from pathlib import PurePosixPath
+
+    assert path_parts(path) == list(PurePosixPath(path).parts)
+
+
+# -- pure parsers, string in, records out ------------------------------------------------------
+@pytest.mark.parametrize("spec,expected", [
+    ("hash:/etc/postfix/virtual", [MapLeaf("hash:/etc/postfix/virtual", POSTMAP)]),
+    ("texthash:/etc/postfix/v.txt", [MapLeaf("texthash:/etc/postfix/v.txt", TEXTHASH,
+                                             path="/etc/postfix/v.txt")]),
+    ("inline:{ a=x@gmail.com, { b = c, d } }",
+     [MapLeaf("inline:{ a=x@gmail.com, { b = c, d } }", PAIRS,
+              pairs=(("a", "x@gmail.com"), ("b", "c, d")))]),
+    ("static:{x@gmail.com}", [MapLeaf("static:{x@gmail.com}", PAIRS,
+                                      pairs=(("*", "x@gmail.com"),))]),
+    ("proxy:lmdb:/a", [MapLeaf("lmdb:/a", POSTMAP)]),
+    ("unionmap:{hash:/a, inline:{k=v}}", [MapLeaf("hash:/a", POSTMAP),
+                                          MapLeaf("inline:{k=v}", PAIRS, pairs=(("k", "v"),))]),
+    ("proxy:proxy:proxy:proxy:proxy:hash:/a",
+     [MapLeaf("proxy:hash:/a", UNREADABLE,
+              detail="map type proxy cannot be listed; check it with its own tools")]),
+    ("ldap:/etc/postfix/ldap.cf",
+     [MapLeaf("ldap:/etc/postfix/ldap.cf", UNREADABLE,
+              detail="map type ldap cannot be listed; check it with its own tools")]),
+    ("/etc/postfix/virtual", [MapLeaf("/etc/postfix/virtual", UNREADABLE,
+                                      detail="not a type:name map")]),
+], ids=["hash", "texthash", "inline", "static", "proxy", "unionmap", "nesting-cap", "ldap",
+        "no-type"])
+def test_map_leaves(spec: str, expected: list[MapLeaf]) -> None:
+    assert map_leaves(spec) == expected
+
+
+def test_postfix_output_parsers() -> None:
+    assert postconf_values(["a", "b"], "x\n\n") == {"a": "x", "b": ""}
+    assert postconf_values(["a", "b"], "x\n") is None
+    assert postmap_pairs("user@x.vn\tsomeone@gmail.com\nroot:\tadmin\n") == \
+        [("user@x.vn", "someone@gmail.com"), ("root", "admin")]
+    assert postmap_error("postmap: warning: w\npostmap: fatal: open /a.db: No such file\n") \
+        == "postmap: fatal: open /a.db: No such file"
+    assert postmap_error("") == "postmap -s failed"
+    assert text_pairs("# c\nroot: admin,\n  boss\nalone\n") == \
+        [("root", "admin, boss"), ("alone", "")]
+
+
+def test_expand_targets_reads_includes_through_the_given_reader() -> None:
+    files = {"/etc/a": "x@gmail.com, :include:/etc/b\n# comment\n", "/etc/b": ":include:/etc/c",
+             "/etc/c": ":include:/etc/d", "/etc/d": "deep@gmail.com"}
+    reads: list[str] = []
+
+    def read(path: str) -> str | None:
+        reads.append(path)
+        return files.get(path)
+
+    names = Names("ninhbinh.gov.vn")
+    got = list(expand_targets('bob, "|cmd", /var/file, :include:/etc/a, :include:/missing',
+                              names, read))
+    assert got == [("bob@ninhbinh.gov.vn", ""), ("x@gmail.com", "via :include:/etc/a")]
+    assert reads == ["/etc/a", "/etc/b", "/etc/c", "/missing"]  # /etc/d is too deep
+    assert MAX_INCLUDE_DEPTH == 3
+
+
+def test_forward_file_and_sieve_findings_from_text() -> None:
+    text = "# personal copy\n\\bob, bob.personal@yahoo.com\n:include:/inc\n"
+    got = forward_file_findings("/home/bob/.forward", text, "bob@ninhbinh.gov.vn", S,
+                                {"/inc": "inc@gmail.com"}.get)
+    assert [(f.kind, f.location, f.mailbox, f.target, f.detail) for f in got] == [
+        (FORWARD, "/home/bob/.forward:2", "bob@ninhbinh.gov.vn", "bob.personal@yahoo.com", ""),
+        (FORWARD, "/home/bob/.forward:3", "bob@ninhbinh.gov.vn", "inc@gmail.com",
+         "via :include:/inc"),
+    ]
+    script = 'redirect :copy "A@Gmail.com";\nredirect "x@ninhbinh.gov.vn";\nredirect "${v}";\n'
+    got = sieve_findings("/s/a.sieve", script, "an@ninhbinh.gov.vn", S)
+    assert [(f.kind, f.location, f.target, f.detail) for f in got] == [
+        (FORWARD, "/s/a.sieve:1", "a@gmail.com", "redirect :copy"),
+        (NOT_INSPECTABLE, "/s/a.sieve:3", "", "address built from variables: ${v}"),
+    ]
+
+
+def test_pair_findings_catch_alls_and_foreign_keys() -> None:
+    names = Names("ninhbinh.gov.vn")
+    pairs = [("@", "x"), ("*", "all@gmail.com"), ("@ninhbinh.gov.vn", "catch@gmail.com"),
+             ("info@partner.example", "p@gmail.com"), ("lan", "lan@hanoi.gov.vn")]
+    got = pair_findings("virtual_alias_maps", "inline:{...}", pairs, names, S, lambda p: None)
+    assert [(f.mailbox, f.target) for f in got] == [
+        ("*@ninhbinh.gov.vn (every address)", "all@gmail.com"),
+        ("@ninhbinh.gov.vn", "catch@gmail.com"),
+    ]
+
+
+def test_report_text_and_json() -> None:
+    found = [AuditFinding(FORWARD, ".forward", "/h/b/.forward:1", "b@ninhbinh.gov.vn",
+                          "b@gmail.com"),
+             AuditFinding(NOT_INSPECTABLE, "alias_maps", "ldap:/x", detail="why")]
+    assert command.report(found, "Dieu 4.5", as_json=False).splitlines() == [
+        "forward.external_auto: b@ninhbinh.gov.vn -> b@gmail.com  [.forward /h/b/.forward:1]",
+        "not inspectable: ldap:/x (alias_maps): why",
+        "1 automatic forward(s) from a local mailbox to a private address (Dieu 4.5); "
+        "1 source(s) not inspectable"]
+    doc = json.loads(command.report(found, "", as_json=True))
+    assert doc["citation"] == "" and doc["forwards"][0]["target"] == "b@gmail.com"
+    assert doc["not_inspectable"][0]["detail"] == "why"
