@@ -75,9 +75,10 @@ def _finding_verdict(f: Finding, s: AttachmentSettings) -> Verdict | None:
             return reject(ENCRYPTED_DOCUMENT, text, s.encrypted_citation, detail=detail)
         return accept(ENCRYPTED_DOCUMENT, "logged", s.encrypted_citation, detail=detail)
     if f.kind is FindingKind.UNINSPECTABLE:
-        text = (f'Tep dinh kem "{name}" khong kiem tra duoc ({f.detected}) '
+        why = reply_safe(f.detected, 40, unsafe='"%')  # our token, but kept safe all the same
+        text = (f'Tep dinh kem "{name}" khong kiem tra duoc ({why}) '
                 f"({s.executable_citation}). Attachment could not be inspected "
-                f"({f.detected}): {name}")
+                f"({why}): {name}")
         if s.uninspectable == "reject":
             return reject(UNINSPECTABLE, text, s.executable_citation, detail=detail)
         if s.uninspectable == "defer":

@@ -97,3 +97,19 @@ def test_policyd_reply_is_one_printable_line(caplog: pytest.LogCaptureFixture) -
         reply = service._refuse({"client_address": "10.0.0.1"}, "RCPT", v)
     assert reply == '550 5.7.1 locked a??b?c?%s%n?"x?action=DUNNO'
     assert len(caplog.records) == 1
+
+
+def test_attachment_texts_are_printable_ascii() -> None:
+    from mailwarden.config import load_config
+    from mailwarden.inspect import Finding, FindingKind, MessageModel
+    from mailwarden.rules import attachments
+    from mailwarden.settings import Settings
+
+    s = Settings.from_config(load_config(None)).content.attachments
+    findings = [Finding(kind, f"{NASTY}.zip/{NASTY}.exe", f"tok{NASTY}")
+                for kind in FindingKind]
+    verdicts = attachments.decide(MessageModel(findings=findings), s)
+    assert verdicts
+    for v in verdicts:
+        assert printable_ascii(v.reply), v.reply  # "%" in a file name: the milter doubles it
+        assert "tok%" not in v.text
