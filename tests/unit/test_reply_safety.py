@@ -113,3 +113,19 @@ def test_attachment_texts_are_printable_ascii() -> None:
     for v in verdicts:
         assert printable_ascii(v.reply), v.reply  # "%" in a file name: the milter doubles it
         assert "tok%" not in v.text
+
+
+def test_from_header_as_sent_to_spoofing_reply() -> None:
+    """A From: domain with NUL, ESC, '%' and 8-bit bytes, read from the raw
+    message the way authentication reads it, gives a printable-ASCII refusal."""
+    from mailwarden.auth.verify import from_domains, read_headers
+
+    raw = (b"From: <x@ev\x00i\x1bl%s\xc3\xa9\xff.ninhbinh.gov.vn>\r\n"
+           b"Subject: hi\r\n\r\nbody\r\n")
+    domains = from_domains(read_headers(raw))
+    assert domains and domains[0].endswith(".ninhbinh.gov.vn")
+    r = AuthResults("203.0.113.5", "evil.example", domains,
+                    SpfCheck(Result.NONE, "mailfrom", "evil.example", "x@evil.example", "h"))
+    (v,) = [v for v in auth_rule.decide(r, S) if v.rule == auth_rule.LOCAL_SPOOF]
+    assert printable_ascii(v.reply) and "%" not in v.text, v.reply
+    assert v.detail["domain"] == domains[0]  # exact in the log line (escaped there)
