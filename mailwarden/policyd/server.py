@@ -4,6 +4,18 @@ One `PolicyConnection` per Postfix connection, reused for many requests.
 Requests on one connection are answered in order; every answer is given
 within `policyd.answer_timeout`, whatever Redis does, so Postfix never times
 out on us and applies its own default_action without a mailwarden log line.
+
+Slow or stalled peers cannot crowd Postfix out (docs/policyd.md, "Slow
+clients"): a request must end within `policyd.request_timeout` of its first
+byte; an unfinished request holds at most `policyd.max_request_bytes`, freed
+when its connection goes; and at `policyd.max_connections` a newcomer takes
+the place of the connection stalled longest in an unfinished request, else
+of the longest idle one (Postfix reconnects an idle connection we closed at
+its next request), and is refused only when every connection is mid-request.
+
+Locks and unlocks made anywhere (the CLI, another daemon's rate lock) arrive
+over Redis pub/sub and are applied to the in-process lock list at once; the
+periodic refresh (`policyd.lock_refresh`) stays as the fallback.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -19,15 +32,22 @@ from collections import deque
 from collections.abc import Mapping
 from typing import cast
 
+from redis.exceptions import RedisError
+
 from mailwarden import logs
 from mailwarden.addresses import ListenAddress, parse_listen
 from mailwarden.config import Config
 from mailwarden.policyd.codec import Decoder, ProtocolError, encode_action
-from mailwarden.policyd.service import DUNNO, PolicyService
+from mailwarden.policyd.service import PolicyService
+from mailwarden.store.redis_store import LockEvent
 
 log = logging.getLogger("mailwarden.policyd")
 
 _MAX_QUEUED = 32  # requests pipelined on one connection before we call it abuse
+# Postfix writes a whole request at once: one still unfinished after this long is a
+# stalled peer, the first to give its place to a newcomer at max_connections.
+_STALE_PARTIAL_S = 1.0
+_EVICT_LOG_EVERY_S = 10.0  # one warning line per this long while evicting, with a count
 
 
 def sd_notify(message: str) -> None:
@@ -44,13 +64,19 @@ def sd_notify(message: str) -> None:
 class PolicyConnection(asyncio.Protocol):
     def __init__(self, server: PolicyServer) -> None:
         self.server = server
-        self.decoder = Decoder(server.max_line, server.max_attrs)
+        self.decoder = Decoder(server.max_line, server.max_attrs, server.max_request)
         self.queue: deque[dict[str, str]] = deque()
         self.worker: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
         self.idle: asyncio.TimerHandle | None = None
         self.last_active = 0.0
+        self.deadline: asyncio.TimerHandle | None = None  # request_timeout of a partial request
+
+    @property
+    def busy(self) -> bool:
+        """A request is queued or being answered (never evicted then)."""
+        return bool(self.queue) or (self.worker is not None and not self.worker.done())
 
     # -- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -58,23 +84,32 @@ class PolicyConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-        if len(self.server.connections) >= self.server.max_connections:
-            log.warning("too many connections (%d), closing one from %s",
-                        len(self.server.connections), self.peer)
+        if len(self.server.connections) >= self.server.max_connections \
+                and not self.server.make_room(self):
+            log.warning("too many connections (%d, all with a request in flight), "
+                        "closing the new one from %s", len(self.server.connections), self.peer)
             self.transport.abort()
+            self.transport = None
             return
         self.server.connections.add(self)
         self._touch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        if self.idle:
-            self.idle.cancel()
-            self.idle = None
+        self.server.partial.pop(self, None)
+        # Drop everything an unfinished request holds, now, not when the object goes.
+        self.decoder.reset()
+        for timer in (self.idle, self.deadline):
+            if timer:
+                timer.cancel()
+        self.idle = self.deadline = None
         if self.worker and not self.worker.done() and self.server.closing:
             return  # let the request in flight finish during shutdown
+        self.queue.clear()
+        self.transport = None
         if self.worker:
             self.worker.cancel()
+            self.worker = None
 
     def data_received(self, data: bytes) -> None:
         self._touch()
@@ -83,6 +118,15 @@ class PolicyConnection(asyncio.Protocol):
         except ProtocolError as e:
             self._malformed(str(e))
             return
+        if self.decoder.partial:
+            if self.deadline is None:  # the first byte of a request: its clock starts
+                self.server.partial[self] = self.last_active
+                self.deadline = asyncio.get_running_loop().call_later(
+                    self.server.request_timeout, self._too_slow)
+        elif self.deadline is not None:  # the common case (one segment) never gets here
+            self.deadline.cancel()
+            self.deadline = None
+            self.server.partial.pop(self, None)
         self.queue.extend(requests)
         if len(self.queue) > _MAX_QUEUED:
             self._malformed(f"more than {_MAX_QUEUED} requests pipelined")
@@ -105,8 +149,7 @@ class PolicyConnection(asyncio.Protocol):
     def _idle_check(self) -> None:
         loop = asyncio.get_running_loop()
         left = self.last_active + self.server.idle_timeout - loop.time()
-        busy = bool(self.queue) or (self.worker is not None and not self.worker.done())
-        if left > 0 or busy:
+        if left > 0 or self.busy:
             self.idle = loop.call_later(left if left > 0 else self.server.idle_timeout,
                                         self._idle_check)
             return
@@ -114,10 +157,23 @@ class PolicyConnection(asyncio.Protocol):
         if self.transport:
             self.transport.close()
 
+    def _too_slow(self) -> None:
+        self.deadline = None
+        self._malformed(f"slow: request not finished {self.server.request_timeout:g}s after "
+                        f"its first byte ({self.decoder.buffered} bytes)")
+
     def _malformed(self, why: str) -> None:
         self.server.service.stats.malformed += 1
         log.warning("malformed request from %s: %s; disconnecting", self.peer, logs.escape(why))
         self.queue.clear()
+        if self.transport:
+            self.transport.abort()
+
+    def evict(self) -> None:
+        """Give our place to a newcomer (PolicyServer.make_room): gone at once."""
+        self.server.connections.discard(self)
+        self.server.partial.pop(self, None)
+        self.decoder.reset()
         if self.transport:
             self.transport.abort()
 
@@ -138,13 +194,46 @@ class PolicyServer:
         self.max_line = cfg["policyd.max_line_bytes"]
         self.max_attrs = cfg["policyd.max_attributes"]
         self.max_connections = cfg["policyd.max_connections"]
+        self.max_request = cfg["policyd.max_request_bytes"]
         self.idle_timeout = cfg["policyd.idle_timeout"]
+        self.request_timeout = cfg["policyd.request_timeout"]
         self.answer_timeout = cfg["policyd.answer_timeout"]
+        self.on_internal_error = cfg["failure.on_internal_error"]
         self.connections: set[PolicyConnection] = set()
+        # Connections with an unfinished request -> when it started, oldest first.
+        self.partial: dict[PolicyConnection, float] = {}
+        self.evicted = 0
+        self._evict_logged = (-_EVICT_LOG_EVERY_S, 0)  # (when, evicted count then)
+        self._channel_down = False
+        self.subscribed = asyncio.Event()  # set at the first lock channel subscription
         self.inflight = 0
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    def make_room(self, newcomer: PolicyConnection) -> bool:
+        """At max_connections: close the connection that least deserves its place, so that
+        a slow or idle crowd cannot lock Postfix out. In order: the oldest unfinished
+        request older than _STALE_PARTIAL_S, the longest idle connection, the oldest
+        unfinished request. False when every connection has a request in flight."""
+        now = asyncio.get_running_loop().time()
+        victim = next(iter(self.partial), None)
+        if victim is None or now - self.partial[victim] < _STALE_PARTIAL_S:
+            idle = [c for c in self.connections if not c.busy and not c.decoder.partial]
+            victim = min(idle, key=lambda c: c.last_active) if idle else victim
+        if victim is None:
+            return False
+        kind = "stalled" if victim in self.partial else "longest idle"
+        victim.evict()
+        self.evicted += 1
+        when, count = self._evict_logged
+        if now - when >= _EVICT_LOG_EVERY_S:
+            self._evict_logged = (now, self.evicted)
+            log.warning("max_connections (%d) reached: closed the %s connection from %s to "
+                        "let %s in (%d such closures in the last %gs)", self.max_connections,
+                        kind, victim.peer, newcomer.peer, self.evicted - count,
+                        min(now - when, _EVICT_LOG_EVERY_S))
+        return True
 
     async def answer(self, attrs: Mapping[str, str]) -> str:
         self.inflight += 1
@@ -155,12 +244,47 @@ class PolicyServer:
             return self.service.backend_failure(
                 attrs, attrs.get("protocol_state", "").upper(),
                 TimeoutError(f"no answer within {self.answer_timeout:g}s") if not str(e) else e)
-        except Exception:
-            # A bug must not take the daemon down or leave Postfix waiting.
-            log.exception("internal error answering a request; answering DUNNO")
-            return DUNNO
+        except Exception as e:
+            # A bug must not take the daemon down or leave Postfix waiting: the one
+            # internal-error policy of both daemons (failure.on_internal_error).
+            return self.service.internal_failure(
+                attrs, attrs.get("protocol_state", "").upper(), e, self.on_internal_error)
         finally:
             self.inflight -= 1
+
+    def apply_lock_event(self, event: LockEvent) -> None:
+        """A lock or unlock published by any mailwarden (CLI, this or another daemon)."""
+        if event.lock is not None:
+            self.service.locks.add(event.lock)
+        else:
+            self.service.locks.remove(event.account)
+        self.service.locks.save()
+        log.info("lock list: %s %s (by %s, published)", event.action,
+                 logs.quote(event.account), logs.quote(event.by))
+
+    async def _lock_events(self) -> None:
+        """Follow the lock channel for the daemon's life; resubscribe after a Redis outage.
+        Every (re)subscription is followed by a full refresh: events published while we
+        were not subscribed are lost."""
+        delay = 0.1
+        while True:
+            try:
+                await self.service.store.watch_locks(self.apply_lock_event, self._subscribed)
+            except (RedisError, OSError, TimeoutError) as e:
+                if not self._channel_down:
+                    log.warning("lock channel lost (%s); locks still refresh every %gs; "
+                                "resubscribing", logs.escape(f"{type(e).__name__}: {e}"),
+                                self.cfg["policyd.lock_refresh"])
+                self._channel_down = True
+            await asyncio.sleep(delay)
+            delay = 0.1 if not self._channel_down else min(delay * 2, 5.0)
+
+    async def _subscribed(self) -> None:
+        self._channel_down = False
+        await self.service.refresh_locks()
+        self.subscribed.set()
+        log.info("lock channel subscribed; lock list refreshed (%d locks)",
+                 len(self.service.locks.locks))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,7 +303,14 @@ class PolicyServer:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain and close."""
-        await self.service.refresh_locks()
+        # Follow the lock channel before listening: once we answer, a lock made anywhere
+        # reaches us at once. With Redis down, go on (the refresher keeps trying).
+        self._tasks.append(asyncio.create_task(self._lock_events()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(1.0, 2 * self.cfg["redis.timeout"])):
+                await self.subscribed.wait()
+        if not self.subscribed.is_set():
+            await self.service.refresh_locks()
         await self.start()
         started = time.monotonic()
         self._tasks.append(asyncio.create_task(
@@ -187,10 +318,10 @@ class PolicyServer:
         interval = self.cfg["policyd.stats_interval"]
         if interval > 0:
             self._tasks.append(asyncio.create_task(self._stats(interval, started)))
-        log.info("listening on %s (profile %s, limit %d per %gs, mode %s, on_redis_error %s)",
-                 self.listen, self.cfg.profile.name, self.service.s.limit,
-                 self.service.s.window_s, self.cfg["ratelimit.mode"],
-                 self.cfg["policyd.on_redis_error"])
+        log.info("listening on %s (profile %s, limit %d per %gs, mode %s, on_redis_error %s, "
+                 "on_internal_error %s)", self.listen, self.cfg.profile.name,
+                 self.service.s.limit, self.service.s.window_s, self.cfg["ratelimit.mode"],
+                 self.cfg["policyd.on_redis_error"], self.on_internal_error)
         sd_notify("READY=1")
         await stop.wait()
         sd_notify("STOPPING=1")
@@ -208,6 +339,7 @@ class PolicyServer:
             self._server.close()
         for t in self._tasks:
             t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # the channel closes
         deadline = time.monotonic() + self.cfg["policyd.shutdown_grace"]
         while self.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -232,6 +364,7 @@ def run(cfg: Config) -> int:
         uvloop.install()
     except ImportError:
         pass
+    _raise_fd_limit(cfg["policyd.max_connections"] + 128)  # + Redis, listener, logs
 
     async def main() -> None:
         store = RedisStore(cfg["redis.url"], prefix=cfg["redis.key_prefix"],
@@ -251,3 +384,17 @@ def run(cfg: Config) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    """max_connections is only reachable with as many file descriptors: raise the soft
+    limit toward the hard one (systemd's default soft limit is 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < wanted:
+        log.warning("open files limited to %d (hard limit): policyd.max_connections cannot be "
+                    "reached; raise LimitNOFILE", hard)
