@@ -660,3 +660,27 @@ def test_make_run_keeps_mail_queued_by_an_earlier_run(sandbox_root: Path) -> Non
         assert second.proc.wait(60) == 0, second.log()
     finally:
         second.cleanup()
+
+
+# -- the harness is not part of the product ------------------------------------------------
+
+def test_the_harness_is_not_shipped_and_the_package_never_imports_it() -> None:
+    import ast
+    import configparser
+
+    import setuptools
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    include = cfg["options.packages.find"]["include"].replace(",", " ").split()
+    shipped = setuptools.find_packages(where=str(root), include=include)
+    assert "mailwarden" in shipped and "mailwarden.audit" in shipped
+    assert not [p for p in shipped if p.split(".")[0] in ("harness", "tests", "benchmarks")]
+    importers = []
+    for py in (root / "mailwarden").rglob("*.py"):
+        for node in ast.walk(ast.parse(py.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            importers += [f"{py}: {n}" for n in names if n.split(".")[0] == "harness"]
+    assert not importers
