@@ -1,9 +1,11 @@
 """The in-process copy of the lock list.
 
-Refreshed from Redis while it is up, updated at once by this daemon's own
-locks, and optionally saved to a snapshot file, so that a locked (possibly
-compromised) account stays refused when Redis is unreachable, even across a
-restart of the daemon during the outage.
+Updated at once by this daemon's own locks and by every lock/unlock event
+published on the lock channel (the CLI, other daemons' rate locks: server.py),
+refreshed whole from Redis every `policyd.lock_refresh` and after every
+(re)subscription, and optionally saved to a snapshot file, so that a locked
+(possibly compromised) account stays refused when Redis is unreachable, even
+across a restart of the daemon during the outage.
 """
 
 from __future__ import annotations
