@@ -35,7 +35,13 @@ class Stack:
     milter: Daemon
     sink: Sink
 
-    def send(self, mail_from: str, rcpt: str, message: bytes) -> Transaction:
+    def send(self, mail_from: str, rcpt: str, message: bytes, *,
+             outside: bool = False) -> Transaction:
+        """From 127.0.0.1 (a trusted host: ours), or through XCLIENT from an outside
+        address that is in no trusted list (mail arriving from the Internet)."""
+        if outside:
+            return send(self.pf.smtpd_port, mail_from, [rcpt], message, login="",
+                        client_addr="203.0.113.9", client_name="mx.gmail.example")
         return send(self.pf.smtpd_port, mail_from, [rcpt], message, login=None)
 
 
@@ -106,14 +112,15 @@ def test_inbound_gmail_autoforward_refused(stack: Stack) -> None:
     caf = "someone+caf_=alice=ninhbinh.gov.vn@gmail.com"
     t = stack.send(caf, ALICE, msg(ALICE, "X-Forwarded-To: alice@ninhbinh.gov.vn",
                                    "X-Forwarded-For: someone@gmail.com alice@ninhbinh.gov.vn",
-                                   sender="news@example.org"))
+                                   sender="news@example.org"), outside=True)
     reply = data_reply(t)
     assert reply.startswith("550 5.7.1") and "Dieu 4.5" in reply
     assert "rule=forward.inbound_auto" in stack.milter.log_text()
 
 
 def test_ordinary_gmail_message_delivered(stack: Stack) -> None:
-    t = stack.send("someone@gmail.com", ALICE, msg(ALICE, sender="someone@gmail.com"))
+    t = stack.send("someone@gmail.com", ALICE, msg(ALICE, sender="someone@gmail.com"),
+                   outside=True)
     assert data_reply(t).startswith("250")
     [(env, _)] = stack.sink.wait_for(1)
     assert env["rcpt_to"] == [ALICE]
@@ -133,3 +140,19 @@ def test_forwarding_audit_cli_on_a_postfix_config(stack: Stack, postfix_dir: Pat
     text = json.dumps(found)
     assert "user@ninhbinh.gov.vn" in text and "someone@gmail.com" in text
     assert "carol@ninhbinh.gov.vn" not in text
+
+
+@pytest.mark.parametrize("header", ["Auto-Submitted: auto-forwarded",
+                                    "X-MS-Exchange-Organization-AutoForwarded: true"])
+def test_trusted_relay_host_auto_forward_refused_with_shipped_defaults(
+        stack: Stack, header: str) -> None:
+    """Issue 9: a mailbox server relaying without SASL (a host in the default
+    domains.trusted_networks, not in forwarding.mailbox_hosts) is ours: its declared
+    auto-forward to gmail.com is refused; the same to another state agency passes."""
+    t = stack.send(ALICE, "x@gmail.com", msg("x@gmail.com", header, sender=ALICE))
+    reply = data_reply(t)
+    assert reply.startswith("550 5.7.1") and "Dieu 4.5" in reply
+    t = stack.send(ALICE, "lan@hanoi.gov.vn", msg("lan@hanoi.gov.vn", header, sender=ALICE))
+    assert data_reply(t).startswith("250")
+    delivered = stack.sink.wait_for(1)
+    assert [env["rcpt_to"] for env, _ in delivered] == [["lan@hanoi.gov.vn"]]

@@ -176,3 +176,25 @@ def test_message_refused_after_rcpt_is_not_counted(stack_factory: Callable[..., 
         st.send(ALICE, [f"a{i}@gmail.com"], None)  # RCPT then RSET: no END-OF-MESSAGE
     status = st.cli("status", ALICE, "--json").stdout
     assert '"count": 0' in status and '"reserved": 3' in status
+
+
+@pytest.mark.parametrize("form", ["bang", "percent", "bang-at-local"])
+def test_bang_path_and_percent_hack_recipients_are_counted(
+        stack_factory: Callable[..., Stack], form: str) -> None:
+    """Issue 9: Postfix delivers gmail.com!user (swap_bangpath = yes, its default) and
+    user%gmail.com@ours outside, so they count: the account locks at the limit."""
+    st = stack_factory(**{"ratelimit.limit": 3})
+    shape = {"bang": "gmail.com!r{}", "percent": "r{}%gmail.com@ninhbinh.gov.vn",
+             "bang-at-local": "gmail.com!r{}@ninhbinh.gov.vn"}[form]
+    for i in range(3):
+        rcpt = shape.format(i)
+        t = st.send(ALICE, [rcpt], msg(rcpt))
+        assert t.accepted == [rcpt] and t.data is not None and t.data[0] == 250, t
+    rcpt = shape.format(3)
+    t = st.send(ALICE, [rcpt], msg(rcpt))
+    assert t.accepted == [] and "Vuot gioi han 3 nguoi nhan" in t.refused(rcpt)
+    status = st.cli("status", ALICE, "--json").stdout
+    assert '"count": 3' in status and '"locked": true' in status
+    if form == "bang":  # what Postfix made of it: the outside address
+        delivered = [r for env, _ in st.sink.wait_for(3) for r in env["rcpt_to"]]
+        assert sorted(delivered) == ["r0@gmail.com", "r1@gmail.com", "r2@gmail.com"]
