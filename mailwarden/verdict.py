@@ -139,8 +139,8 @@ def rules_markdown() -> str:
     """docs/rules.md, generated from the registry (`mailwarden config rules`)."""
     out = ["# Rule ids", "",
            "Generated from the registry in `mailwarden/verdict.py` by `mailwarden config "
-           "rules`; a test fails if this file drifts. Every decision log line carries "
-           "`rule=ID`; the article cited is the profile field named here "
+           "rules`; a test fails if this file drifts. Every decision log line names its "
+           "rule id in its `rule` field; the article cited is the profile field named here "
            "(`conf/profiles/*.toml`).", "",
            "| rule id | daemon | stage | article (profile field) | meaning |",
            "|---|---|---|---|---|"]
