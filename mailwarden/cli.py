@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailwarden import __version__
 from mailwarden.addresses import mailbox_key
@@ -29,6 +29,9 @@ from mailwarden.config import (
     reference_markdown,
 )
 from mailwarden.config import sample_config as _sample_config
+
+if TYPE_CHECKING:
+    from mailwarden.settings import Settings
 
 T = TypeVar("T")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -51,12 +54,17 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(path)
 
 
+def _settings(cfg: Config) -> Settings:
+    from mailwarden.settings import Settings
+
+    return Settings.from_config(cfg)
+
+
 def _store(cfg: Config) -> Any:
     from mailwarden.store.redis_store import RedisStore
 
-    return RedisStore(cfg["redis.url"], prefix=cfg["redis.key_prefix"],
-                      timeout_s=max(cfg["redis.timeout"], 2.0), sentinels=cfg["redis.sentinels"],
-                      sentinel_service=cfg["redis.sentinel_service"])
+    # An operator's command may wait longer for Redis than a daemon answering Postfix.
+    return RedisStore.from_settings(_settings(cfg).redis, min_timeout_s=2.0)
 
 
 def _with_store(cfg: Config, fn: Callable[[Any], Awaitable[T]]) -> T:
@@ -79,21 +87,26 @@ def _operator() -> str:
 
 
 def _account(cfg: Config, addr: str) -> str:
+    ours = _settings(cfg).ours
     if "@" not in addr:
-        raise ConfigError(f"{addr!r}: give the full address, e.g. {addr}@{cfg.local_domains[0]}")
-    return mailbox_key(addr, cfg["domains.recipient_delimiter"])
+        raise ConfigError(f"{addr!r}: give the full address, e.g. {addr}@{ours.local_domains[0]}")
+    return mailbox_key(addr, ours.recipient_delimiter)
+
+
+def _setup_logging(cfg: Config, name: str) -> None:
+    from mailwarden.logs import setup_logging
+
+    s = _settings(cfg).logging
+    setup_logging(name, s.level, s.syslog, s.facility, s.socket)
 
 
 # -- commands ------------------------------------------------------------------
 def _run_daemon(args: argparse.Namespace, cfg: Config, name: str,
                 run: Callable[[], int]) -> int:
     """Foreground (systemd) by default; --daemon detaches (hosts without systemd)."""
-    from mailwarden.logs import setup_logging
-
     if args.daemon:
         return _daemonize(args, cfg, name, run)
-    setup_logging(name, cfg["logging.level"], cfg["logging.syslog"],
-                  cfg["logging.syslog_facility"], cfg["logging.syslog_socket"])
+    _setup_logging(cfg, name)
     return run()
 
 
@@ -189,12 +202,10 @@ def _daemonize(args: argparse.Namespace, cfg: Config, name: str, run: Callable[[
     import daemon
     import daemon.pidfile
 
-    from mailwarden.logs import setup_logging
-
     pidfile = args.pidfile or f"/run/mailwarden/{name}.pid"
     Path(pidfile).parent.mkdir(parents=True, exist_ok=True)
     log_out = open(args.log_file, "a") if args.log_file else None
-    if log_out is None and not cfg["logging.syslog"]:
+    if log_out is None and not _settings(cfg).logging.syslog:
         print("mailwarden: --daemon closes stderr: set logging.syslog = true or give "
               "--log-file FILE", file=sys.stderr)
         return EXIT_USAGE
@@ -204,8 +215,7 @@ def _daemonize(args: argparse.Namespace, cfg: Config, name: str, run: Callable[[
         stdout=log_out, stderr=log_out, signal_map={},  # asyncio installs its own handlers
     )
     with ctx:
-        setup_logging(name, cfg["logging.level"], cfg["logging.syslog"],
-                      cfg["logging.syslog_facility"], cfg["logging.syslog_socket"])
+        _setup_logging(cfg, name)
         return run()
 
 
@@ -250,7 +260,7 @@ def cmd_lock(args: argparse.Namespace, cfg: Config) -> int:
                                               now=time.time(), kind="manual"))
     print(f"{account}: {'locked' if new else 'was already locked; reason updated'}; "
           f"running policy daemons apply it at once (published), at the latest within "
-          f"{cfg['policyd.lock_refresh']:g}s")
+          f"{_settings(cfg).policyd.lock_refresh_s:g}s")
     return EXIT_OK
 
 
@@ -261,7 +271,7 @@ def cmd_unlock(args: argparse.Namespace, cfg: Config) -> int:
         print(f"{account}: was not locked (window counters cleared)")
         return EXIT_FAIL
     print(f"{account}: unlocked; running policy daemons apply it at once (published), "
-          f"at the latest within {cfg['policyd.lock_refresh']:g}s")
+          f"at the latest within {_settings(cfg).policyd.lock_refresh_s:g}s")
     return EXIT_OK
 
 

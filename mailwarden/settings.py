@@ -173,23 +173,164 @@ def audit_from(cfg: Config) -> AuditSettings:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything the rules need, resolved once. Daemon plumbing (listen addresses,
-    timeouts, Redis) stays with the daemon that owns it, read from the same Config."""
+class RedisSettings:
+    url: str
+    prefix: str
+    timeout_s: float
+    sentinels: tuple[str, ...]
+    sentinel_service: str
+    batching: bool
 
+
+@dataclass(frozen=True)
+class PolicydSettings:
+    listen: str  # Postfix notation, checked at load
+    socket_mode: int
+    on_redis_error_defer: bool
+    answer_timeout_s: float
+    idle_timeout_s: float
+    request_timeout_s: float
+    max_connections: int
+    max_line_bytes: int
+    max_attributes: int
+    max_request_bytes: int
+    lock_snapshot: str
+    lock_refresh_s: float
+    stats_interval_s: float
+    shutdown_grace_s: float
+    reservation_ttl_s: float
+    lock_expire_s: float
+
+
+@dataclass(frozen=True)
+class MilterSettings:
+    listen: str
+    socket_mode: int
+    timeout_s: float
+    spool_memory: int
+    tmpdir: str | None
+    stats_interval_s: float
+    release_on_refusal: bool
+    final_hop_daemon_name: str
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str
+    syslog: bool
+    facility: str
+    socket: str
+    log_accepts: bool
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    nameservers: tuple[str, ...]
+    timeout_s: float
+    attempts: int
+    cache_size: int
+    max_ttl_s: float
+
+
+@dataclass(frozen=True)
+class AuthRunSettings:
+    """Authentication plumbing (the rule's own settings are AuthRuleSettings)."""
+
+    enabled: bool
+    authserv_id: str  # "" = the host name
+    spf_budget_s: float
+    max_signatures: int
+    max_message_bytes: int
+    public_suffix_file: str
+    dkim_keys: tuple[dict[str, str], ...]
+    dns: DnsSettings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything mailwarden runs with, resolved once from the merged config."""
+
+    profile_name: str
     ours: Ours
     rate: RateSettings
     content: ContentSettings  # inspection limits, attachments, antivirus, forwarding
     auth_rules: AuthRuleSettings
     audit: AuditSettings
+    auth: AuthRunSettings
+    policyd: PolicydSettings
+    milter: MilterSettings
+    redis: RedisSettings
+    logging: LoggingSettings
+    on_internal_error: str  # "defer" | "accept", both daemons (failure.py)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Settings:
         ours = ours_from(cfg)
         return cls(
+            profile_name=cfg.profile.name,
             ours=ours,
             rate=rate_from(cfg, ours),
             content=content_from(cfg, ours),
             auth_rules=auth_rules_from(cfg, ours),
             audit=audit_from(cfg),
+            auth=AuthRunSettings(
+                enabled=cfg["auth.enabled"],
+                authserv_id=cfg["auth.authserv_id"],
+                spf_budget_s=cfg["auth.spf_budget"],
+                max_signatures=cfg["auth.max_signatures"],
+                max_message_bytes=cfg["auth.max_message_bytes"],
+                public_suffix_file=cfg["auth.public_suffix_file"],
+                dkim_keys=tuple(cfg["dkim.keys"]),
+                dns=DnsSettings(
+                    nameservers=tuple(cfg["dns.nameservers"]),
+                    timeout_s=cfg["dns.timeout"],
+                    attempts=cfg["dns.attempts"],
+                    cache_size=cfg["dns.cache_size"],
+                    max_ttl_s=cfg["dns.max_ttl"],
+                ),
+            ),
+            policyd=PolicydSettings(
+                listen=cfg["policyd.listen"],
+                socket_mode=int(cfg["policyd.socket_mode"], 8),
+                on_redis_error_defer=cfg["policyd.on_redis_error"] == "defer",
+                answer_timeout_s=cfg["policyd.answer_timeout"],
+                idle_timeout_s=cfg["policyd.idle_timeout"],
+                request_timeout_s=cfg["policyd.request_timeout"],
+                max_connections=cfg["policyd.max_connections"],
+                max_line_bytes=cfg["policyd.max_line_bytes"],
+                max_attributes=cfg["policyd.max_attributes"],
+                max_request_bytes=cfg["policyd.max_request_bytes"],
+                lock_snapshot=cfg["policyd.lock_snapshot"],
+                lock_refresh_s=cfg["policyd.lock_refresh"],
+                stats_interval_s=cfg["policyd.stats_interval"],
+                shutdown_grace_s=cfg["policyd.shutdown_grace"],
+                reservation_ttl_s=cfg["ratelimit.reservation_ttl"],
+                lock_expire_s=cfg["lock.expire_after"],
+            ),
+            milter=MilterSettings(
+                listen=cfg["milter.listen"],
+                socket_mode=int(cfg["milter.socket_mode"], 8),
+                timeout_s=cfg["milter.timeout"],
+                spool_memory=cfg["milter.spool_memory"],
+                tmpdir=cfg["milter.tmpdir"] or None,
+                stats_interval_s=cfg["milter.stats_interval"],
+                release_on_refusal=cfg["milter.release_on_refusal"],
+                final_hop_daemon_name=cfg["forwarding.final_hop_daemon_name"],
+            ),
+            redis=RedisSettings(
+                url=cfg["redis.url"],
+                prefix=cfg["redis.key_prefix"],
+                timeout_s=cfg["redis.timeout"],
+                sentinels=tuple(cfg["redis.sentinels"]),
+                sentinel_service=cfg["redis.sentinel_service"],
+                batching=cfg["redis.batching"],
+            ),
+            logging=LoggingSettings(
+                level=cfg["logging.level"],
+                syslog=cfg["logging.syslog"],
+                facility=cfg["logging.syslog_facility"],
+                socket=cfg["logging.syslog_socket"],
+                log_accepts=cfg["logging.log_accepts"],
+            ),
+            on_internal_error=cfg["failure.on_internal_error"],
         )

@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import dkim
 
@@ -35,6 +35,9 @@ from mailwarden.auth.verify import VerifySettings, authenticate, from_domains, r
 from mailwarden.rules import authentication
 from mailwarden.rules.authentication import AuthRuleSettings
 from mailwarden.verdict import Verdict
+
+if TYPE_CHECKING:
+    from mailwarden.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -82,25 +85,28 @@ class Authenticator:
 
     @classmethod
     def from_config(cls, cfg: Any) -> Authenticator:
-        """Build from the [dns], [auth] and [dkim] keys (docs/authentication.md).
+        from mailwarden.settings import Settings
+
+        return cls.from_settings(Settings.from_config(cfg))
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Authenticator:
+        """Build from the [dns], [auth] and [dkim] settings (docs/authentication.md).
 
         Reads the DKIM keys and the public suffix list: raises DkimKeyError or
         OSError/ValueError with the file and the reason, to be fatal at start.
         """
-        from mailwarden.settings import auth_rules_from, ours_from
-
-        resolver = Resolver(cfg["dns.nameservers"], timeout_s=cfg["dns.timeout"],
-                            attempts=cfg["dns.attempts"], cache_size=cfg["dns.cache_size"],
-                            max_ttl_s=cfg["dns.max_ttl"])
+        a, d = s.auth, s.auth.dns
+        resolver = Resolver(list(d.nameservers), timeout_s=d.timeout_s, attempts=d.attempts,
+                            cache_size=d.cache_size, max_ttl_s=d.max_ttl_s)
         settings = AuthSettings(
-            authserv_id=cfg["auth.authserv_id"] or socket.gethostname(),
-            verify=cfg["auth.enabled"],
-            checks=VerifySettings(spf_budget_s=cfg["auth.spf_budget"],
-                                  max_signatures=cfg["auth.max_signatures"]),
-            rules=auth_rules_from(cfg, ours_from(cfg)),
-            psl=PublicSuffixes.from_setting(cfg["auth.public_suffix_file"]),
+            authserv_id=a.authserv_id or socket.gethostname(),
+            verify=a.enabled,
+            checks=VerifySettings(spf_budget_s=a.spf_budget_s, max_signatures=a.max_signatures),
+            rules=s.auth_rules,
+            psl=PublicSuffixes.from_setting(a.public_suffix_file),
         )
-        return cls(settings, resolver, load_keys(cfg["dkim.keys"]))
+        return cls(settings, resolver, load_keys(list(a.dkim_keys)))
 
     def process(self, message: BinaryIO | bytes, *, client_ip: str, helo: str,
                 mail_from: str, ours: bool) -> AuthOutcome:

@@ -35,24 +35,24 @@ class Runtime:
     """What every connection shares: settings, and the optional Redis link."""
 
     def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.settings = Settings.from_config(cfg)
-        self.content = self.settings.content
-        self.spool_memory = cfg["milter.spool_memory"]
-        self.tmpdir = cfg["milter.tmpdir"] or None
-        self.log_accepts = cfg["logging.log_accepts"]
-        self.on_internal_error = cfg["failure.on_internal_error"]
+        self.settings = s = Settings.from_config(cfg)
+        self.content = s.content
+        self.spool_memory = s.milter.spool_memory
+        self.tmpdir = s.milter.tmpdir
+        self.final_hop_name = s.milter.final_hop_daemon_name
+        self.log_accepts = s.logging.log_accepts
+        self.on_internal_error = s.on_internal_error
         self.releaser = None
-        if cfg["milter.release_on_refusal"]:
+        if s.milter.release_on_refusal:
             from mailwarden.store.redis_store import SyncReleaser
 
-            self.releaser = SyncReleaser(cfg["redis.url"], prefix=cfg["redis.key_prefix"],
-                                         timeout_s=cfg["redis.timeout"])
+            self.releaser = SyncReleaser(s.redis.url, prefix=s.redis.prefix,
+                                         timeout_s=s.redis.timeout_s)
         from mailwarden.auth.engine import Authenticator
 
         # Reads the DKIM keys and the public suffix list: a problem is fatal at start.
-        self.auth = Authenticator.from_config(cfg)
-        self.auth_max_bytes = cfg["auth.max_message_bytes"]
+        self.auth = Authenticator.from_settings(s)
+        self.auth_max_bytes = s.auth.max_message_bytes
         self.stats_lock = threading.Lock()
         self.stats = {"messages": 0, "reject": 0, "defer": 0, "errors": 0}
 
@@ -99,7 +99,7 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         self.client_name = "unknown" if not hostname or hostname.startswith("[") else hostname
         self.client_addr = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else "unknown"
         daemon = _text(self.getsymval("{daemon_name}") or "")
-        self.final_hop = daemon == self.rt.cfg["forwarding.final_hop_daemon_name"]
+        self.final_hop = daemon == self.rt.final_hop_name
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -296,27 +296,28 @@ def run(cfg: Config) -> int:
 
     global RUNTIME
     RUNTIME = Runtime(cfg)
-    listen = parse_listen(cfg["milter.listen"])
+    s = RUNTIME.settings
+    listen = parse_listen(s.milter.listen)
     if listen.family == "unix" and os.path.exists(listen.path):
         os.unlink(listen.path)  # stale socket of a previous run
     Milter.factory = WardenMilter
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
     log.info("listening on %s (profile %s, attachments cap %d bytes, clamd %s)", listen,
-             cfg.profile.name, cfg["attachments.max_bytes"],
-             cfg["antivirus.clamd"] if cfg["antivirus.enabled"] else "off")
+             s.profile_name, s.content.attachments.max_bytes,
+             s.content.clamd_address if s.content.scan else "off")
     # libmilter creates the socket in runmilter; tell systemd once it is there. The umask
     # gives the socket its mode from the start (Postfix must not find it unreachable for a
     # moment); temporary spool files are created 0600 by tempfile whatever the umask.
     if listen.family == "unix":
-        mode = int(cfg["milter.socket_mode"], 8)
+        mode = s.milter.socket_mode
         os.umask(0o777 & ~mode)
         _notify_when_socket(listen.path, mode, sd_notify)
     else:
         sd_notify("READY=1")
-    interval = cfg["milter.stats_interval"]
+    interval = s.milter.stats_interval_s
     if interval > 0:
         _every(interval, lambda: log.info("%s", RUNTIME.stats_line()))
-    Milter.runmilter("mailwarden", listen.libmilter(), int(cfg["milter.timeout"]))
+    Milter.runmilter("mailwarden", listen.libmilter(), int(s.milter.timeout_s))
     log.info("%s", RUNTIME.stats_line(final=True))
     return 0
 

@@ -188,17 +188,18 @@ class PolicyConnection(asyncio.Protocol):
 
 class PolicyServer:
     def __init__(self, cfg: Config, service: PolicyService) -> None:
-        self.cfg = cfg
+        self.settings = service.settings
+        self.p = p = self.settings.policyd
         self.service = service
-        self.listen: ListenAddress = parse_listen(cfg["policyd.listen"])
-        self.max_line = cfg["policyd.max_line_bytes"]
-        self.max_attrs = cfg["policyd.max_attributes"]
-        self.max_connections = cfg["policyd.max_connections"]
-        self.max_request = cfg["policyd.max_request_bytes"]
-        self.idle_timeout = cfg["policyd.idle_timeout"]
-        self.request_timeout = cfg["policyd.request_timeout"]
-        self.answer_timeout = cfg["policyd.answer_timeout"]
-        self.on_internal_error = cfg["failure.on_internal_error"]
+        self.listen: ListenAddress = parse_listen(p.listen)
+        self.max_line = p.max_line_bytes
+        self.max_attrs = p.max_attributes
+        self.max_connections = p.max_connections
+        self.max_request = p.max_request_bytes
+        self.idle_timeout = p.idle_timeout_s
+        self.request_timeout = p.request_timeout_s
+        self.answer_timeout = p.answer_timeout_s
+        self.on_internal_error = self.settings.on_internal_error
         self.connections: set[PolicyConnection] = set()
         # Connections with an unfinished request -> when it started, oldest first.
         self.partial: dict[PolicyConnection, float] = {}
@@ -270,11 +271,12 @@ class PolicyServer:
         while True:
             try:
                 await self.service.store.watch_locks(self.apply_lock_event, self._subscribed)
-            except (RedisError, OSError, TimeoutError) as e:
+            except Exception as e:  # Redis trouble, or a bug: this task must not end
                 if not self._channel_down:
+                    why = f"{type(e).__name__}: {e}" if isinstance(
+                        e, RedisError | OSError | TimeoutError) else type(e).__name__
                     log.warning("lock channel lost (%s); locks still refresh every %gs; "
-                                "resubscribing", logs.escape(f"{type(e).__name__}: {e}"),
-                                self.cfg["policyd.lock_refresh"])
+                                "resubscribing", logs.escape(why), self.p.lock_refresh_s)
                 self._channel_down = True
             await asyncio.sleep(delay)
             delay = 0.1 if not self._channel_down else min(delay * 2, 5.0)
@@ -295,7 +297,7 @@ class PolicyServer:
                     os.unlink(path)  # stale socket of a previous run
             self._server = await loop.create_unix_server(
                 lambda: PolicyConnection(self), path, backlog=512)
-            os.chmod(path, int(self.cfg["policyd.socket_mode"], 8))
+            os.chmod(path, self.p.socket_mode)
         else:
             self._server = await loop.create_server(
                 lambda: PolicyConnection(self), self.listen.host, self.listen.port,
@@ -307,21 +309,22 @@ class PolicyServer:
         # reaches us at once. With Redis down, go on (the refresher keeps trying).
         self._tasks.append(asyncio.create_task(self._lock_events()))
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(1.0, 2 * self.cfg["redis.timeout"])):
+            async with asyncio.timeout(max(1.0, 2 * self.settings.redis.timeout_s)):
                 await self.subscribed.wait()
         if not self.subscribed.is_set():
             await self.service.refresh_locks()
         await self.start()
         started = time.monotonic()
         self._tasks.append(asyncio.create_task(
-            self.service.lock_refresher(self.cfg["policyd.lock_refresh"])))
-        interval = self.cfg["policyd.stats_interval"]
+            self.service.lock_refresher(self.p.lock_refresh_s)))
+        interval = self.p.stats_interval_s
         if interval > 0:
             self._tasks.append(asyncio.create_task(self._stats(interval, started)))
         log.info("listening on %s (profile %s, limit %d per %gs, mode %s, on_redis_error %s, "
-                 "on_internal_error %s)", self.listen, self.cfg.profile.name,
-                 self.service.s.limit, self.service.s.window_s, self.cfg["ratelimit.mode"],
-                 self.cfg["policyd.on_redis_error"], self.on_internal_error)
+                 "on_internal_error %s)", self.listen, self.settings.profile_name,
+                 self.service.s.limit, self.service.s.window_s,
+                 "enforce" if self.service.s.enforce else "monitor",
+                 "defer" if self.p.on_redis_error_defer else "accept", self.on_internal_error)
         sd_notify("READY=1")
         await stop.wait()
         sd_notify("STOPPING=1")
@@ -340,7 +343,7 @@ class PolicyServer:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)  # the channel closes
-        deadline = time.monotonic() + self.cfg["policyd.shutdown_grace"]
+        deadline = time.monotonic() + self.p.shutdown_grace_s
         while self.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
@@ -356,6 +359,7 @@ def run(cfg: Config) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     from mailwarden.clock import SystemClock
     from mailwarden.policyd.lockcache import LockCache
+    from mailwarden.settings import Settings
     from mailwarden.store.redis_store import RedisStore
 
     try:
@@ -364,16 +368,15 @@ def run(cfg: Config) -> int:
         uvloop.install()
     except ImportError:
         pass
-    _raise_fd_limit(cfg["policyd.max_connections"] + 128)  # + Redis, listener, logs
+    settings = Settings.from_config(cfg)
+    p = settings.policyd
+    _raise_fd_limit(p.max_connections + 128)  # + Redis, listener, logs
 
     async def main() -> None:
-        store = RedisStore(cfg["redis.url"], prefix=cfg["redis.key_prefix"],
-                           timeout_s=cfg["redis.timeout"], sentinels=cfg["redis.sentinels"],
-                           sentinel_service=cfg["redis.sentinel_service"],
-                           batching=cfg["redis.batching"])
-        cache = LockCache(cfg["policyd.lock_snapshot"], cfg["lock.expire_after"])
+        store = RedisStore.from_settings(settings.redis)
+        cache = LockCache(p.lock_snapshot, p.lock_expire_s)
         if n := cache.load_snapshot():
-            log.info("loaded %d locks from snapshot %s", n, cfg["policyd.lock_snapshot"])
+            log.info("loaded %d locks from snapshot %s", n, p.lock_snapshot)
         service = PolicyService(cfg, store, SystemClock(), cache)
         server = PolicyServer(cfg, service)
         stop = asyncio.Event()

@@ -54,14 +54,15 @@ class Stats:
 class PolicyService:
     def __init__(self, cfg: Config, store: RedisStore, clock: Clock,
                  locks: LockCache | None = None) -> None:
-        self.cfg = cfg
-        self.s = Settings.from_config(cfg).rate
+        self.settings = Settings.from_config(cfg)
+        self.s = self.settings.rate
         self.store = store
         self.clock = clock
-        self.on_error_defer = cfg["policyd.on_redis_error"] == "defer"
-        self.reserve_ttl = cfg["ratelimit.reservation_ttl"]
-        self.lock_expire = cfg["lock.expire_after"]
-        self.log_accepts = cfg["logging.log_accepts"]
+        p = self.settings.policyd
+        self.on_error_defer = p.on_redis_error_defer
+        self.reserve_ttl = p.reservation_ttl_s
+        self.lock_expire = p.lock_expire_s
+        self.log_accepts = self.settings.logging.log_accepts
         self.locks = locks or LockCache(rate_lock_expire_s=self.lock_expire)
         self.stats = Stats()
         self.lock_reason = (f"over {{count}} external {self.s.count_unit} in "

@@ -16,7 +16,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
@@ -24,6 +24,9 @@ from redis.exceptions import NoScriptError, RedisError
 
 from mailwarden.rules.ratelock import LockInfo
 from mailwarden.store.keys import Keyspace
+
+if TYPE_CHECKING:
+    from mailwarden.settings import RedisSettings
 
 AUDIT_MAXLEN = 100_000  # lock/unlock events kept (approximate, MAXLEN ~)
 # The lock channel is quiet for hours: PING it after this long without a word, and give
@@ -162,6 +165,12 @@ class _Batcher:
 
 
 class RedisStore:
+    @classmethod
+    def from_settings(cls, s: RedisSettings, *, min_timeout_s: float = 0.0) -> RedisStore:
+        return cls(s.url, prefix=s.prefix, timeout_s=max(s.timeout_s, min_timeout_s),
+                   sentinels=s.sentinels, sentinel_service=s.sentinel_service,
+                   batching=s.batching)
+
     def __init__(self, url: str, *, prefix: str = "mw", timeout_s: float = 0.5,
                  sentinels: Sequence[str] = (), sentinel_service: str = "mymaster",
                  batching: bool = True) -> None:

@@ -78,3 +78,23 @@ def test_decision_and_statistics_shapes_only_in_logs() -> None:
                     any(s in node.value for s in shapes):
                 bad.append(f"{rel(path)}:{node.lineno}: {node.value[:40]!r}")
     assert not bad, f"log line shapes outside logs.py: {bad}"
+
+
+def test_config_values_read_only_in_settings() -> None:
+    """Settings are built once (settings.py) from the schema (config.py): no other module
+    reads a config key, so no other module can hold its own default."""
+    bad = []
+    for path, tree in modules():
+        if rel(path) in ("mailwarden/config.py", "mailwarden/settings.py"):
+            continue
+        for node in ast.walk(tree):
+            target = None
+            if isinstance(node, ast.Subscript):
+                target = node.value
+            elif isinstance(node, ast.Attribute) and node.attr in ("values", "local_domains",
+                                                                   "profile", "origins"):
+                target = node.value
+            if target is not None and ast.unparse(target) in ("cfg", "self.cfg", "config",
+                                                              "self.rt.cfg", "cfg.values"):
+                bad.append(f"{rel(path)}:{node.lineno}: {ast.unparse(node)}")
+    assert not bad, f"config read outside settings.py: {bad}"
