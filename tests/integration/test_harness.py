@@ -485,9 +485,9 @@ class Harness:
     """`python -m harness` with its stdout (and stderr) on a pipe we read, like
     `make run 2>&1 | tee run.log`."""
 
-    def __init__(self, root: Path, *args: str) -> None:
+    def __init__(self, root: Path, *args: str, port: int | None = None) -> None:
         self.root = root
-        self.port = procs.free_port()
+        self.port = port or procs.free_port()
         self.output = b""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "harness", "--dir", str(root), "--port", str(self.port),
@@ -517,10 +517,15 @@ class Harness:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def cleanup(self) -> None:
-        """After a failed test: stop whatever is left, by the PIDs the harness recorded."""
+        """After a failed test: let the harness stop its children (SIGTERM), then stop
+        whatever is left by the PIDs it recorded."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
         if self.proc.stdout is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
         with contextlib.suppress(OSError, ValueError):
@@ -575,15 +580,7 @@ def test_make_run_stops_what_it_started_when_start_up_fails(sandbox_root: Path) 
     with socket.socket() as taken:  # Postfix, started last, cannot have its port
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        h = Harness(root, "--no-milter")
-        h.port = taken.getsockname()[1]
-        h.proc.kill()  # that one got a free port; start again on the taken one
-        h.proc.wait(30)
-        h.cleanup()
-        h.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness", "--dir", str(root), "--port", str(h.port),
-             "--no-milter"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=procs.child_env(), start_new_session=True)
+        h = Harness(root, "--no-milter", port=taken.getsockname()[1])
         try:
             assert h.proc.wait(90) == 1
             assert h.proc.stdout is not None
