@@ -100,7 +100,7 @@ def main() -> int:
         base = {"antivirus.clamd": clamd.address, "dns.nameservers": [dns.address],
                 "dns.timeout": 0.5, "auth.authserv_id": "mail.ninhbinh.gov.vn"}
         keys = {"dkim.keys": [{"domain": LOCAL, "selector": "b2026", "key_file": str(key)}]}
-        outside = {"policyd.trusted_networks": ["192.0.2.250/32"]}  # 127.0.0.1 is not ours
+        outside = {"domains.trusted_networks": ["192.0.2.250/32"]}  # 127.0.0.1 is not ours
         rows = [
             ("auth off (auth.enabled=false, no keys)", plain, {"auth.enabled": False}),
             ("outbound: DKIM-sign rsa-sha256 2048", plain, keys),

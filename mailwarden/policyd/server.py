@@ -260,7 +260,7 @@ class PolicyServer:
         else:
             self.service.locks.remove(event.account)
         self.service.locks.save()
-        log.info("lock list: %s %s (by %s, published)", event.action,
+        log.info("lock list: %s %s (by %s, published)", logs.escape(event.action),
                  logs.quote(event.account), logs.quote(event.by))
 
     async def _lock_events(self) -> None:

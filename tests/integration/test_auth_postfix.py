@@ -63,7 +63,7 @@ def stack(postfix_dir: Path, tmp_path: Path, clamd: ClamdInstance, sink: Sink,
             "milter.listen": sock, "milter.socket_mode": "0666",
             "antivirus.clamd": clamd.address, "milter.release_on_refusal": False,
             "logging.level": "info", "logging.log_accepts": True,
-            "policyd.trusted_networks": ["127.0.0.1/32"],  # only the harness host itself
+            "domains.trusted_networks": ["127.0.0.1/32"],  # only the harness host itself
             "dns.nameservers": [dns.address], "dns.timeout": 0.3, "dns.attempts": 1,
             "auth.authserv_id": AUTHSERV,
             "dkim.keys": [{"domain": LOCAL, "selector": "mail2026", "key_file": str(key)}]})
