@@ -37,13 +37,15 @@ def ping_ready(address: str | tuple[str, int]) -> Callable[[], bool]:
 class RedisInstance(procs.Child):
     name = "redis-server"
 
-    def __init__(self, workdir: Path, *, tcp: bool = False, appendonly: bool = False) -> None:
+    def __init__(self, workdir: Path, *, tcp: bool = False, appendonly: bool = False,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         super().__init__(self.dir / "redis.log")
         self.socket = self.dir / "redis.sock"
         self.port = procs.free_port() if tcp else 0
         self.appendonly = appendonly
+        self.extra_args = extra_args  # e.g. ("--replicaof", "127.0.0.1", "6379")
 
     @property
     def url(self) -> str:
@@ -54,7 +56,7 @@ class RedisInstance(procs.Child):
                 "--unixsocket", str(self.socket), "--unixsocketperm", "700",
                 "--dir", str(self.dir), "--save", "", "--daemonize", "no",
                 "--appendonly", "yes" if self.appendonly else "no",
-                "--protected-mode", "yes", "--logfile", ""]
+                "--protected-mode", "yes", "--logfile", "", *self.extra_args]
 
     def ready_probe(self) -> Callable[[], bool]:
         return ping_ready(("127.0.0.1", self.port) if self.port else str(self.socket))

@@ -84,6 +84,14 @@ def _strings(v: Any) -> None:
         raise ValueError("must be a list of non-empty strings")
 
 
+def _host_ports(v: Any) -> None:
+    _strings(v)
+    for x in v:
+        host, sep, port = x.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f'{x!r}: must be "host:port"')
+
+
 def _redis_url(v: Any) -> None:
     if not (v.startswith(("redis://", "rediss://", "unix://"))):
         raise ValueError("must be a redis://host:port/db, rediss://... or unix:///path URL")
@@ -351,8 +359,10 @@ SCHEMA: tuple[Key, ...] = (
         _redis_url),
     Key("redis.sentinels", "list", [],
         'Redis Sentinel addresses ["10.0.0.1:26379", ...]; when set, redis.url only gives '
-        "the db and password and redis.sentinel_service names the master.", _strings),
-    Key("redis.sentinel_service", "str", "mymaster", "Sentinel master name."),
+        "the db and password and redis.sentinel_service names the master.", _host_ports),
+    Key("redis.sentinel_service", "str", "mymaster",
+        "Sentinel master name (the name in the sentinels' `sentinel monitor NAME ...`); "
+        "`redis.service_name` is accepted as another name for it (docs/deployment.md)."),
     Key("redis.timeout", "duration", 0.5,
         "Socket timeout of one Redis call (connect and read).", _positive),
     Key("redis.key_prefix", "str", "mw", "Prefix of every key mailwarden writes."),
@@ -451,7 +461,9 @@ def _profile_value(key: Key, profile: Profile) -> Any:
 
 
 # Keys that moved: the old name still works (config check says where it went).
-RENAMED = {"policyd.trusted_networks": "domains.trusted_networks"}
+RENAMED = {"policyd.trusted_networks": "domains.trusted_networks",
+           # Not a move: issue 12's name for the Sentinel master, kept as an alias.
+           "redis.service_name": "redis.sentinel_service"}
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:

@@ -46,8 +46,7 @@ class Runtime:
         if s.milter.release_on_refusal:
             from mailwarden.store.redis_store import SyncReleaser
 
-            self.releaser = SyncReleaser(s.redis.url, prefix=s.redis.prefix,
-                                         timeout_s=s.redis.timeout_s)
+            self.releaser = SyncReleaser.from_settings(s.redis)
         from mailwarden.auth.engine import Authenticator
 
         # Reads the DKIM keys and the public suffix list: a problem is fatal at start.

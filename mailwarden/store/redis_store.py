@@ -100,6 +100,23 @@ def _lock_from_hash(account: str, h: dict[Any, Any]) -> LockInfo | None:
     return LockInfo(account, d["reason"], since, d.get("kind", "manual"), d.get("by", ""), count)
 
 
+def sentinel_hosts(sentinels: Sequence[str]) -> list[tuple[str, int]]:
+    """["10.0.0.1:26379", "[::1]:26379"] -> [("10.0.0.1", 26379), ("::1", 26379)]."""
+    out = []
+    for h in sentinels:
+        host, _, port = h.rpartition(":")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def _url_db_password(url: str) -> dict[str, Any]:
+    """With Sentinel, redis.url only gives the db and the password (and username)."""
+    from redis.connection import parse_url
+
+    kw = parse_url(url)  # type: ignore[no-untyped-call]
+    return {k: kw[k] for k in ("db", "username", "password") if kw.get(k) is not None}
+
+
 class _Batcher:
     """Send queued EVALSHA calls in one pipeline; one pipeline in flight at a time."""
 
@@ -183,13 +200,16 @@ class RedisStore:
             "max_connections": 64,
         }
         if sentinels:
-            base = aioredis.Redis.from_url(url)  # only for db/password
-            kw = base.connection_pool.connection_kwargs
-            hosts = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in sentinels]
+            # Every new connection asks the sentinels for the current master, so after a
+            # failover the next call (and the lock channel's resubscription) reaches the
+            # promoted replica; a demoted master's READONLY drops the connection too.
+            kw = _url_db_password(url)
             self.client: Any = Sentinel(  # type: ignore[no-untyped-call]
-                hosts, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-            ).master_for(sentinel_service, db=kw.get("db", 0), password=kw.get("password"),
-                         socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+                sentinel_hosts(sentinels), socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+            ).master_for(sentinel_service, **kw, socket_timeout=timeout_s,
+                         socket_connect_timeout=timeout_s, retry_on_timeout=False,
+                         max_connections=64)
         else:
             self.client = aioredis.Redis.from_url(url, **opts)
         self._batch = _Batcher(self.client, self.scripts, batching)
@@ -353,12 +373,26 @@ class SyncReleaser:
     """The milter's one Redis need, from its libmilter threads: uncount a message
     that policyd committed at END-OF-MESSAGE and the milter then refused."""
 
-    def __init__(self, url: str, *, prefix: str = "mw", timeout_s: float = 0.5) -> None:
+    @classmethod
+    def from_settings(cls, s: RedisSettings) -> SyncReleaser:
+        return cls(s.url, prefix=s.prefix, timeout_s=s.timeout_s, sentinels=s.sentinels,
+                   sentinel_service=s.sentinel_service)
+
+    def __init__(self, url: str, *, prefix: str = "mw", timeout_s: float = 0.5,
+                 sentinels: Sequence[str] = (), sentinel_service: str = "mymaster") -> None:
         import redis
+        from redis.sentinel import Sentinel as SyncSentinel
 
         self.keys = Keyspace(prefix)
-        self.client: Any = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        if sentinels:
+            self.client: Any = SyncSentinel(  # type: ignore[no-untyped-call]
+                sentinel_hosts(sentinels), socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+            ).master_for(sentinel_service, **_url_db_password(url), socket_timeout=timeout_s,
+                         socket_connect_timeout=timeout_s)
+        else:
+            self.client = redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         text, _ = _load_scripts()["release"]
         self.script = self.client.register_script(text)  # EVALSHA, reloads on NOSCRIPT
 
