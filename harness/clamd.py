@@ -1,6 +1,8 @@
 """A private clamd with a tiny, locally generated signature database.
 
-No freshclam and no internet: the database is two MD5 hash signatures made at start with
+No freshclam and no internet: the database is mailwarden's policy signatures
+(conf/clamav/mailwarden-policy.ndb: executables by file type, `MailWarden.Executable.*`,
+the same file production installs) and two MD5 hash signatures made at start with
 `sigtool --md5` (clamd refuses to start with an empty DatabaseDirectory: "cli_loaddbdir: No
 supported database files found"; one .hdb is enough, no daily/main/bytecode or .ign2):
 
@@ -8,7 +10,11 @@ supported database files found"; one .hdb is enough, no daily/main/bytecode or .
   never contains the raw string;
 * `ClamAV-Test-File`: /usr/share/clamav-testfiles/clam.exe (Debian package clamav-testfiles).
   clamd unpacks containers before hashing, so clam.zip, clam.7z, clam.tar.gz, clam.mail ...
-  from that package match too.
+  from that package match too. (clam.exe is a PE, so the policy signature matches it
+  as well; which name clamd reports first is clamd's choice.)
+
+`AlertEncryptedArchive` and `AlertEncryptedDoc` are on, as docs/milter.md tells production
+to set them (encrypted archives -> `Heuristics.Encrypted.*`).
 
 clamd reports signatures from a database that is not signed by Cisco with the suffix
 `.UNOFFICIAL` ("Eicar-Test-Signature.UNOFFICIAL"); see EICAR_SIGNATURE.
@@ -42,6 +48,9 @@ TESTFILES = Path("/usr/share/clamav-testfiles")
 
 EICAR_SIGNATURE = "Eicar-Test-Signature.UNOFFICIAL"
 CLAM_EXE_SIGNATURE = "ClamAV-Test-File.UNOFFICIAL"
+POLICY_PE_SIGNATURE = "MailWarden.Executable.PE.UNOFFICIAL"
+POLICY_DATABASE = Path(__file__).resolve().parents[1] / "conf" / "clamav" / \
+    "mailwarden-policy.ndb"
 
 MiB = 1024 * 1024
 # The mail cap is 30 MB decoded, about 42 MB raw (base64 + headers): 64 MiB leaves room.
@@ -63,11 +72,12 @@ class ClamdInstance:
 
     def __init__(self, workdir: Path, *, stream_max_bytes: int = DEFAULT_STREAM_MAX_BYTES,
                  disable_cache: bool = True, inet: bool = False, max_threads: int = 2,
-                 start_timeout_s: float = 60.0) -> None:
+                 start_timeout_s: float = 60.0, policy_signatures: bool = True) -> None:
         self.workdir = Path(workdir).resolve()
         self.stream_max_bytes = stream_max_bytes
         self.disable_cache = disable_cache
         self.max_threads = max_threads
+        self.policy_signatures = policy_signatures
         self.start_timeout_s = start_timeout_s
         self.socket_path = self.workdir / "clamd.sock"
         if len(str(self.socket_path).encode()) > UNIX_PATH_MAX:
@@ -162,6 +172,8 @@ class ClamdInstance:
             _hash_signature(clam_exe, CLAM_EXE_SIGNATURE.removesuffix(".UNOFFICIAL")),
         ]
         (self.db_dir / "test.hdb").write_text("".join(f"{line}\n" for line in lines))
+        if self.policy_signatures:
+            (self.db_dir / POLICY_DATABASE.name).write_bytes(POLICY_DATABASE.read_bytes())
 
     def _config_text(self) -> str:
         n = self.stream_max_bytes
@@ -186,6 +198,8 @@ class ClamdInstance:
             ("MaxScanSize", max(4 * n, _MAX_SCAN_SIZE_FLOOR)),
             ("AlertExceedsMax", "yes"),
             ("DisableCache", "yes" if self.disable_cache else "no"),
+            ("AlertEncryptedArchive", "yes"),
+            ("AlertEncryptedDoc", "yes"),
         ]
         if self.port is not None:
             settings += [("TCPSocket", self.port), ("TCPAddr", "127.0.0.1")]

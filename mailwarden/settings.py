@@ -140,6 +140,11 @@ class ContentSettings:
     scan_timeout_s: float
     budget_s: float
     forwarding: ForwardSettings
+    max_scans: int = 8  # clamd scans in flight at once (engine/scanning.py)
+    breaker_timeouts: int = 2  # consecutive timeouts that open the circuit breaker
+    breaker_pause_s: float = 30.0
+    policy_signatures: str = "require"  # "require" | "warn" | "off"
+    refused_scan_s: float = 5.0  # clamd's short look at mail refused as uninspectable
 
 
 def content_from(cfg: Config, ours: Ours) -> ContentSettings:
@@ -152,6 +157,11 @@ def content_from(cfg: Config, ours: Ours) -> ContentSettings:
         scan_timeout_s=cfg["antivirus.timeout"],
         budget_s=cfg["milter.content_budget"],
         forwarding=forwarding_from(cfg, ours),
+        max_scans=cfg["antivirus.max_scans"],
+        breaker_timeouts=cfg["antivirus.breaker_timeouts"],
+        breaker_pause_s=cfg["antivirus.breaker_pause"],
+        policy_signatures=cfg["antivirus.policy_signatures"],
+        refused_scan_s=cfg["antivirus.refused_scan"],
     )
 
 
@@ -212,6 +222,12 @@ class MilterSettings:
     stats_interval_s: float
     release_on_refusal: bool
     final_hop_daemon_name: str
+    workers: int = 2  # worker processes (engine/workers.py); 0 = in-process
+    worker_memory: int = 768 * 1024 * 1024  # RLIMIT_AS per worker
+    worker_cpu_s: float = 30.0  # RLIMIT_CPU per message
+    worker_timeout_s: float = 60.0  # wall time per message in a worker
+    on_worker_failure: str = "defer"  # "defer" | "reject"
+    shutdown_grace_s: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -316,6 +332,12 @@ class Settings:
                 stats_interval_s=cfg["milter.stats_interval"],
                 release_on_refusal=cfg["milter.release_on_refusal"],
                 final_hop_daemon_name=cfg["forwarding.final_hop_daemon_name"],
+                workers=cfg["milter.workers"],
+                worker_memory=cfg["milter.worker_memory"],
+                worker_cpu_s=cfg["milter.worker_cpu"],
+                worker_timeout_s=cfg["milter.worker_timeout"],
+                on_worker_failure=cfg["milter.on_worker_failure"],
+                shutdown_grace_s=cfg["milter.shutdown_grace"],
             ),
             redis=RedisSettings(
                 url=cfg["redis.url"],

@@ -1,25 +1,34 @@
-"""pymilter adapter: callbacks -> spool -> evaluate -> reply and one log line.
+"""pymilter adapter: callbacks -> spool -> engine -> reply and one log line.
 
 libmilter runs one thread per SMTP connection; each connection gets its own
 `WardenMilter`. The message is spooled (memory up to milter.spool_memory,
-then a temp file), so its size never costs RAM beyond that threshold.
-Anything unexpected inside a callback becomes a logged 451, never a crash and
-never a silent pass (milter_default_action = tempfail covers a dead milter).
+then a temp file), so its size never costs RAM beyond that threshold. The
+threads only spool and wait: the parsing runs in the engine's worker processes
+(engine/workers.py) and clamd is called through the engine's gate (bounded,
+with a circuit breaker). Anything unexpected inside a callback becomes a logged
+451, never a crash and never a silent pass (milter_default_action = tempfail
+covers a dead milter).
+
+Shutdown (SIGTERM): libmilter stops accepting; messages in flight get
+milter.shutdown_grace to finish, then a 451; new MAIL FROM on open connections
+gets a 451; the unix socket is removed; the final statistics line is written.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import tempfile
 import threading
+import time
 from typing import Any
 
 import Milter
 
 from mailwarden import logs
 from mailwarden.config import Config
+from mailwarden.engine import Engine, Envelope, Evaluation
 from mailwarden.failure import INTERNAL_ERROR, internal_error
-from mailwarden.milter.evaluate import Envelope, Evaluation, evaluate
 from mailwarden.rules import attachments
 from mailwarden.rules.forwarding import parse_orcpt
 from mailwarden.settings import Settings
@@ -32,9 +41,12 @@ _MAX_REPLY_TEXT = 480  # an SMTP reply line is at most 512 octets with code and 
 
 
 class Runtime:
-    """What every connection shares: settings, and the optional Redis link."""
+    """What every connection shares: settings, the engine, and the optional Redis link.
 
-    def __init__(self, cfg: Config) -> None:
+    `pool=True` (the daemon) starts the worker processes; without it (component tests)
+    messages are parsed in-process by the same engine."""
+
+    def __init__(self, cfg: Config, *, pool: bool = False) -> None:
         self.settings = s = Settings.from_config(cfg)
         self.content = s.content
         self.spool_memory = s.milter.spool_memory
@@ -47,21 +59,54 @@ class Runtime:
             from mailwarden.store.redis_store import SyncReleaser
 
             self.releaser = SyncReleaser.from_settings(s.redis)
-        from mailwarden.auth.engine import Authenticator
-
         # Reads the DKIM keys and the public suffix list: a problem is fatal at start.
-        self.auth = Authenticator.from_settings(s)
-        self.auth_max_bytes = s.auth.max_message_bytes
+        self.engine = Engine.from_settings(s, pool=pool, on_event=_engine_event)
         self.stats_lock = threading.Lock()
         self.stats = {"messages": 0, "reject": 0, "defer": 0, "errors": 0}
+        self.in_flight = 0  # messages between MAIL FROM and their answer
+        self.idle = threading.Condition(self.stats_lock)
+        self.stopping = threading.Event()  # SIGTERM: no new messages
+        self.cancel = threading.Event()  # grace over: answer what is in flight with 451
 
     def count(self, key: str) -> None:
         with self.stats_lock:
             self.stats[key] = self.stats.get(key, 0) + 1
 
-    def stats_line(self, *, final: bool = False) -> str:
+    def begin(self) -> None:
         with self.stats_lock:
-            return logs.stats_line(self.stats, final=final)
+            self.in_flight += 1
+
+    def end(self) -> None:
+        with self.stats_lock:
+            self.in_flight = max(0, self.in_flight - 1)
+            self.idle.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> int:
+        """Wait until no message is in flight or `timeout_s`; the number left."""
+        deadline = time.monotonic() + timeout_s
+        with self.stats_lock:
+            while self.in_flight and (left := deadline - time.monotonic()) > 0:
+                self.idle.wait(left)
+            return self.in_flight
+
+    def stats_line(self, *, final: bool = False) -> str:
+        engine = self.engine
+        extra: dict[str, int] = {}
+        if engine.pool is not None:
+            extra.update(engine.pool.stats)
+        extra.update({k: v for k, v in engine.gate.stats.items() if k != "scans"})
+        with self.stats_lock:
+            return logs.stats_line({**self.stats, **extra}, final=final)
+
+
+def _engine_event(text: str, values: dict[str, str | int | float]) -> None:
+    log.warning("%s", logs.note(text, **values))
+
+
+def evaluate(engine: Engine, spool: Any, envelope: Envelope, *, queue_id: str,
+             cancelled: Any) -> Evaluation:
+    """The one call at end of message (a seam for the component tests)."""
+    return engine.evaluate(spool, envelope, queue_id=queue_id, cancelled=cancelled)
 
 
 RUNTIME: Runtime | None = None
@@ -83,6 +128,9 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         self._reset()
 
     def _reset(self) -> None:
+        if getattr(self, "in_flight", False):
+            self.rt.end()
+        self.in_flight = False
         self.sender = ""
         self.authenticated = False
         self.recipients: list[str] = []
@@ -109,6 +157,14 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self._close_spool()
         self._reset()
+        if self.rt.stopping.is_set():
+            log.info("%s", logs.event_line("", "MAIL FROM refused: the milter is stopping",
+                                           client=self.client_addr))
+            self.setreply("451", "4.3.2", "Dich vu dang khoi dong lai, vui long thu lai sau. "
+                          "Mail filter restarting, try again later")
+            return Milter.TEMPFAIL
+        self.rt.begin()
+        self.in_flight = True
         self.sender = mailfrom.strip("<>")
         self.authenticated = bool(self.getsymval("{auth_authen}"))
         for p in params:
@@ -117,7 +173,9 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
                 refused = attachments.decide_announced_size(int(value),
                                                             self.rt.content.attachments)
                 if refused and not self.final_hop:
-                    return self._apply(refused, "MAIL")
+                    rc = self._apply(refused, "MAIL")
+                    self._reset()
+                    return rc
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -151,45 +209,35 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         self.queue_id = _text(self.getsymval("i") or "")
         self.rt.count("messages")
         try:
-            result = evaluate(self._spool(), self.rt.content, envelope=Envelope(
-                mail_from=self.sender, recipients=tuple(self.recipients),
-                original_recipients=tuple(self.orcpts), client_addr=self.client_addr,
-                authenticated=self.authenticated, final_hop=self.final_hop))
-            if not self.final_hop:
-                self._authenticate(result)
-        except Exception as e:  # a bug or an OS error: failure.on_internal_error, keep serving
-            # One decision line at error level (type and place, never the exception's text:
-            # it can quote the message), 451 by default or accept-unchecked.
-            self.rt.count("errors")
-            self.header_changes = ([], [])
-            result = Evaluation(verdicts=[internal_error(e, self.rt.on_internal_error)])
+            try:
+                result = evaluate(self.rt.engine, self._spool(), Envelope(
+                    mail_from=self.sender, recipients=tuple(self.recipients),
+                    original_recipients=tuple(self.orcpts), client_addr=self.client_addr,
+                    authenticated=self.authenticated, final_hop=self.final_hop,
+                    helo=self.helo), queue_id=self.queue_id, cancelled=self.rt.cancel.is_set)
+                self._authenticated(result)
+            except Exception as e:  # a bug or an OS error: failure.on_internal_error, keep serving
+                # One decision line at error level (type and place, never the exception's
+                # text: it can quote the message), 451 by default or accept-unchecked.
+                self.rt.count("errors")
+                self.header_changes = ([], [])
+                result = Evaluation(verdicts=[internal_error(e, self.rt.on_internal_error)])
+            finally:
+                self._close_spool()
+            return self._apply(result.verdicts, "EOM")
         finally:
-            self._close_spool()
-        return self._apply(result.verdicts, "EOM")
+            self._reset()
 
-    def _ours(self) -> bool:
-        """Ours by the one definition (addresses.Ours): sign, don't verify."""
-        return self.rt.settings.ours.sent_by_us(
-            authenticated=self.authenticated, client_addr=self.client_addr,
-            recipients=self.recipients)
-
-    def _authenticate(self, result: Evaluation) -> None:
-        """DKIM sign ours / SPF+DKIM+DMARC theirs; header changes only if accepted."""
-        spool = self._spool()
-        spool.seek(0, 2)
-        size = spool.tell()
-        if size > self.rt.auth_max_bytes:
+    def _authenticated(self, result: Evaluation) -> None:
+        """What authentication did (in the worker): header changes, only if accepted."""
+        a = result.analysis
+        self.header_changes = (a.remove_headers, a.add_headers)
+        if a.auth_skipped:
             log.info("%s", logs.event_line(
-                self.queue_id, f"authentication skipped: message of {size:d} bytes is over "
-                "auth.max_message_bytes"))
-            return
-        outcome = self.rt.auth.process(spool, client_ip=self.client_addr, helo=self.helo,
-                                       mail_from=self.sender, ours=self._ours())
-        result.verdicts.extend(outcome.verdicts)
-        self.header_changes = (outcome.remove_headers, outcome.add_headers)
-        detail = outcome.log_detail()
-        if detail and self.rt.log_accepts:
-            log.info("%s", logs.auth_line(self.queue_id, detail))
+                self.queue_id, "authentication skipped: message over auth.max_message_bytes",
+                size=a.auth_skipped))
+        if a.auth_detail and self.rt.log_accepts:
+            log.info("%s", logs.auth_line(self.queue_id, a.auth_detail))
 
     def abort(self) -> int:
         self._close_spool()
@@ -198,6 +246,7 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
 
     def close(self) -> int:
         self._close_spool()
+        self._reset()
         return Milter.CONTINUE
 
     # -- helpers -------------------------------------------------------------
@@ -286,39 +335,125 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
                                               error=str(e)))
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_CANCEL_WAIT_S = 10.0  # after the grace: time for the 451s to go out
+
+
 def run(cfg: Config) -> int:
-    """Run the milter in the foreground until SIGTERM/SIGINT (libmilter handles them)."""
+    """Run the milter in the foreground until SIGTERM/SIGINT, then stop gracefully."""
     import os
 
     from mailwarden.addresses import parse_listen
     from mailwarden.policyd.server import sd_notify
 
+    # Before any thread exists (ours, the workers' spawner, libmilter's): every thread
+    # inherits the mask, so a stop signal reaches only a sigwait() (libmilter's or ours)
+    # and never kills the process in the middle of sessions.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     global RUNTIME
-    RUNTIME = Runtime(cfg)
-    s = RUNTIME.settings
-    listen = parse_listen(s.milter.listen)
-    if listen.family == "unix" and os.path.exists(listen.path):
-        os.unlink(listen.path)  # stale socket of a previous run
-    Milter.factory = WardenMilter
-    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
-    log.info("listening on %s (profile %s, attachments cap %d bytes, clamd %s)", listen,
-             s.profile_name, s.content.attachments.max_bytes,
-             s.content.clamd_address if s.content.scan else "off")
-    # libmilter creates the socket in runmilter; tell systemd once it is there. The umask
-    # gives the socket its mode from the start (Postfix must not find it unreachable for a
-    # moment); temporary spool files are created 0600 by tempfile whatever the umask.
-    if listen.family == "unix":
-        mode = s.milter.socket_mode
-        os.umask(0o777 & ~mode)
-        _notify_when_socket(listen.path, mode, sd_notify)
-    else:
-        sd_notify("READY=1")
-    interval = s.milter.stats_interval_s
-    if interval > 0:
-        _every(interval, lambda: log.info("%s", RUNTIME.stats_line()))
-    Milter.runmilter("mailwarden", listen.libmilter(), int(s.milter.timeout_s))
-    log.info("%s", RUNTIME.stats_line(final=True))
+    RUNTIME = rt = Runtime(cfg, pool=True)
+    s = rt.settings
+    try:
+        if not _probe_clamd(rt):
+            return 1
+        listen = parse_listen(s.milter.listen)
+        if listen.family == "unix" and os.path.exists(listen.path):
+            os.unlink(listen.path)  # stale socket of a previous run
+        Milter.factory = WardenMilter
+        Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+        pool = rt.engine.pool
+        log.info("listening on %s (profile %s, attachments cap %d bytes, clamd %s, "
+                 "%d worker processes)", listen, s.profile_name,
+                 s.content.attachments.max_bytes,
+                 s.content.clamd_address if s.content.scan else "off",
+                 len(pool.pids()) if pool is not None else 0)
+        # libmilter creates the socket in runmilter; tell systemd once it is there. The
+        # umask gives the socket its mode from the start (Postfix must not find it
+        # unreachable for a moment); temporary spool files are created 0600 by tempfile
+        # whatever the umask.
+        if listen.family == "unix":
+            mode = s.milter.socket_mode
+            os.umask(0o777 & ~mode)
+            _notify_when_socket(listen.path, mode, sd_notify)
+        else:
+            sd_notify("READY=1")
+        interval = s.milter.stats_interval_s
+        if interval > 0:
+            _every(interval, lambda: log.info("%s", rt.stats_line()))
+        threading.Thread(target=_await_stop, args=(rt,), daemon=True, name="signals").start()
+        Milter.runmilter("mailwarden", listen.libmilter(), int(s.milter.timeout_s))
+        left = _drain(rt, s.milter.shutdown_grace_s, sd_notify)
+        if listen.family == "unix":
+            _remove_socket(listen.path)
+        log.info("%s", rt.stats_line(final=True))
+    finally:
+        rt.engine.close()
+    if left:
+        # libmilter's session threads still run C code that calls into Python: end the
+        # process here rather than let the interpreter be finalised under them.
+        logging.shutdown()
+        os._exit(0)
     return 0
+
+
+def _await_stop(rt: Runtime) -> None:
+    """Our own sigwait beside libmilter's: whichever gets SIGTERM, both stop accepting."""
+    signum = signal.sigwait(_STOP_SIGNALS)
+    rt.stopping.set()
+    log.info("%s", logs.note("stopping: no new messages", signal=signal.Signals(signum).name))
+    import milter as libmilter
+
+    libmilter.stop()
+
+
+def _drain(rt: Runtime, grace_s: float, notify: Any) -> int:
+    """After libmilter stopped listening: let messages in flight finish within the grace,
+    then cancel what is left (their waits end, they are answered 451)."""
+    rt.stopping.set()
+    notify("STOPPING=1")
+    with rt.stats_lock:
+        busy = rt.in_flight
+    log.info("%s", logs.note("stopped listening; finishing messages in flight",
+                             in_flight=busy, grace=f"{grace_s:g}s"))
+    left = rt.wait_idle(grace_s)
+    if left:
+        log.warning("%s", logs.note("grace over: answering messages in flight with 451",
+                                    in_flight=left))
+        rt.cancel.set()
+        left = rt.wait_idle(_CANCEL_WAIT_S)
+    return left
+
+
+def _remove_socket(path: str) -> None:
+    """libmilter leaves its socket behind when running as root: remove it (only a socket)."""
+    import os
+    import stat
+
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _probe_clamd(rt: Runtime) -> bool:
+    """The policy-signature probe at start (antivirus.policy_signatures); False = fatal."""
+    c = rt.settings.content
+    if not c.scan or c.policy_signatures == "off":
+        return True
+    from mailwarden.engine.scanning import probe_policy_signatures
+
+    ok, said = probe_policy_signatures(c.clamd_address)
+    if ok:
+        log.info("%s", logs.note("clamd has the policy signatures", signature=said))
+        return True
+    if ok is None:
+        log.warning("%s", logs.note("could not probe clamd for the policy signatures",
+                                    error=said))
+        return True
+    log.error("%s", logs.note("clamd lacks the policy signatures (conf/clamav/"
+                              "mailwarden-policy.ndb)", answer=said))
+    return c.policy_signatures != "require"
 
 
 def _every(interval_s: float, fn: Any) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from harness.clamd import (
     CLAM_EXE_SIGNATURE,
+    POLICY_PE_SIGNATURE,
     EICAR_SIGNATURE,
     TESTFILES,
     ClamdInstance,
@@ -99,7 +100,9 @@ def test_eicar_in_containers(clamd: ClamdInstance,
 def test_clamav_testfiles(clamd: ClamdInstance, name: str) -> None:
     with open(TESTFILES / name, "rb") as f:  # a file object: the spool-file path
         outcome = scan_stream(f, address=clamd.address, timeout_s=TIMEOUT_S)
-    assert (outcome.status, outcome.signature) == (INFECTED, CLAM_EXE_SIGNATURE)
+    # clam.exe is a PE: the policy signature (conf/clamav/) may be the name clamd reports.
+    assert outcome.status is INFECTED
+    assert outcome.signature in (CLAM_EXE_SIGNATURE, POLICY_PE_SIGNATURE)
 
 
 CLEAN_DATA: list[tuple[str, Callable[[], bytes]]] = [
