@@ -33,7 +33,9 @@ EXECUTABLE_KINDS = frozenset(
     {"pe32", "pe32+", "pe", "mz", "elf", "macho", "java-class", "dex", "lnk",
      "iso9660", "udf", "vhdx", "vhd"}
 )
-ARCHIVE_KINDS = frozenset({"zip", "7z", "rar4", "rar5", "gzip", "bzip2", "xz", "tar"})
+ARCHIVE_KINDS = frozenset(
+    {"zip", "7z", "rar4", "rar5", "gzip", "bzip2", "xz", "tar", "tnef"}
+)
 # Types whose decisive structure can sit anywhere in the file: the caller must
 # give `inspect_ole` / `pdf_is_encrypted` a seekable copy.
 RANDOM_ACCESS_KINDS = frozenset({"ole", "pdf"})
@@ -77,20 +79,27 @@ def _sniff_mz(head: bytes) -> Sniffed | None:
     if len(head) < 64 or head[:2] not in (b"MZ", b"ZM"):
         return None
     e_lfanew = _u32(head, 0x3C)
-    if 0x40 <= e_lfanew and e_lfanew + 26 <= len(head) and head[e_lfanew : e_lfanew + 4] == (
-        b"PE\0\0"
-    ):
-        magic = _u16(head, e_lfanew + 24)
-        if magic == 0x10B:
-            return Sniffed("pe32")
-        if magic == 0x20B:
-            return Sniffed("pe32+")
-        return Sniffed("pe", f"optional header magic 0x{magic:x}")
+    if 0x40 <= e_lfanew and e_lfanew + 26 <= len(head):
+        found = pe_at(head[e_lfanew : e_lfanew + 26])
+        if found is not None:
+            return found
     e_cblp, e_cp = _u16(head, 2), _u16(head, 4)
     e_cparhdr = _u16(head, 8)
     if e_cblp < 512 and e_cp >= 1 and 0 < e_cparhdr * 16 <= e_cp * 512:
         return Sniffed("mz", "DOS header without a PE header")
     return None
+
+
+def pe_at(header: bytes) -> Sniffed | None:
+    """The 26 bytes at e_lfanew: a PE signature and the optional header magic."""
+    if len(header) < 26 or header[:4] != b"PE\0\0":
+        return None
+    magic = _u16(header, 24)
+    if magic == 0x10B:
+        return Sniffed("pe32")
+    if magic == 0x20B:
+        return Sniffed("pe32+")
+    return Sniffed("pe", f"optional header magic 0x{magic:x}")
 
 
 _MACHO_THIN = {
@@ -198,8 +207,10 @@ def sniff(head: bytes) -> Sniffed:
         return Sniffed("webp")
     if head[:5] == b"{\\rtf":
         return Sniffed("rtf")
-    if head[:4] == b"MSCF":
+    if head[:8] == b"MSCF\0\0\0\0":
         return Sniffed("cab")
+    if head[:4] == b"\x78\x9f\x3e\x22":  # TNEF (winmail.dat), [MS-OXTNEF] 2.1.3.1
+        return Sniffed("tnef")
     if head[:4] == b"\x28\xb5\x2f\xfd":
         return Sniffed("zstd")
     sample = head[:4096]

@@ -398,13 +398,13 @@ def test_gigabyte_of_zeros_is_expanded_limit_quickly() -> None:
     assert time.monotonic() - start < 2
 
 
-def test_lying_declared_size_reads_only_the_head() -> None:
-    # The member says 100 bytes but inflates to 64 MiB: we read the head and
-    # stop at the declared size.
+def test_lying_declared_size_is_inconsistent() -> None:
+    # The member says 100 bytes but inflates to 64 MiB: extractors write the
+    # 64 MiB (what is sniffed is the real data), and the lie is uninspectable.
     raw, crc = _repeated_deflate(64 << 20)
     data = zip_with_raw_member("zeros.bin", raw, 100, crc)
     start = time.monotonic()
-    assert check(data, "liar.zip").findings == []
+    assert check(data, "liar.zip").tokens == {"inconsistent-archive"}
     assert time.monotonic() - start < 2
 
 
