@@ -13,7 +13,12 @@ from mailwarden.config import SCHEMA_BY_NAME, render_value
 
 
 def write_config(path: Path, values: dict[str, Any]) -> Path:
-    """A mailwarden.toml from {"section.key": value}, rendered through the schema."""
+    """A mailwarden.toml from {"section.key": value}, rendered through the schema.
+
+    The lock snapshot defaults to a file beside the config (the shipped default is under
+    /var/lib/mailwarden, which tests must neither need nor share)."""
+    if any(k.startswith("policyd.") for k in values):
+        values = {"policyd.lock_snapshot": str(path.with_suffix(".locks.json")), **values}
     sections: dict[str, list[str]] = {}
     for name, value in values.items():
         section, key = name.split(".", 1)

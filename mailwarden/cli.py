@@ -256,8 +256,15 @@ def cmd_locks(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_lock(args: argparse.Namespace, cfg: Config) -> int:
     account = _account(cfg, args.address)
-    new = _with_store(cfg, lambda st: st.lock(account, reason=args.reason, by=args.by,
-                                              now=time.time(), kind="manual"))
+    async def lock(st: Any) -> tuple[bool, tuple[int, int]]:
+        made = await st.lock(account, reason=args.reason, by=args.by, now=time.time(),
+                             kind="manual")
+        return made, await st.wait_replicas()  # redis.replica_wait, bounded
+
+    new, (acked, replicas) = _with_store(cfg, lock)
+    if acked < replicas:
+        print(f"warning: only {acked} of {replicas} Redis replicas confirmed the lock within "
+              "redis.replica_wait", file=sys.stderr)
     print(f"{account}: {'locked' if new else 'was already locked; reason updated'}; "
           f"running policy daemons apply it at once (published), at the latest within "
           f"{_settings(cfg).policyd.lock_refresh_s:g}s")

@@ -214,15 +214,17 @@ SCHEMA: tuple[Key, ...] = (
         "Time from a request's first byte to its empty line (Postfix writes a request at "
         "once); slower is a malformed request: logged, connection closed. Well under "
         "Postfix's smtpd_policy_service_timeout (100s).", _positive),
-    Key("policyd.lock_snapshot", "str", "",
-        "File keeping a copy of the lock list, so locks hold even when the daemon restarts "
-        "while Redis is down; empty = memory only.", example='"/var/lib/mailwarden/locks.json"'),
+    Key("policyd.lock_snapshot", "str", "/var/lib/mailwarden/locks.json",
+        "File keeping a durable copy of the lock list (and the Redis epoch): locks hold when "
+        "the daemon restarts while Redis is down, and are put back when Redis loses its data "
+        "(docs/policyd.md, \"Durable locks\"); empty = memory only."),
     Key("policyd.lock_refresh", "duration", 5.0,
         "How often the in-process copy of the lock list is refreshed from Redis.", _positive),
     Key("policyd.stats_interval", "duration", 600.0,
         "Period of the statistics log line; 0 = never."),
     Key("policyd.shutdown_grace", "duration", 10.0,
-        "On SIGTERM, how long requests in flight may take to finish.", _positive),
+        "On SIGTERM, how long requests in flight may take to finish (the systemd unit's "
+        "TimeoutStopSec is above it).", _positive),
     # -- milter -------------------------------------------------------------
     Key("milter.listen", "str", "inet:127.0.0.1:8899",
         "Where the milter listens, in Postfix notation (the string for smtpd_milters): "
@@ -369,6 +371,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("redis.batching", "bool", True,
         "Send script calls that arrive together from different connections in one "
         "pipeline (benchmarks/policyd.md); false = one round trip per call."),
+    Key("redis.replica_wait", "duration", 0.2,
+        "After a new lock, wait this long at most for every connected replica to have it "
+        "(WAIT), so a failover keeps it; capped at 0.8 x redis.timeout; 0 = never wait.",
+        _not_negative),
     # -- logging ------------------------------------------------------------
     Key("logging.level", "str", "info", "debug, info, warning or error.",
         _choices("debug", "info", "warning", "error")),

@@ -190,6 +190,7 @@ class RedisSettings:
     sentinels: tuple[str, ...]
     sentinel_service: str
     batching: bool
+    replica_wait_s: float = 0.0  # WAIT for replicas after a new lock (redis.replica_wait)
 
 
 @dataclass(frozen=True)
@@ -346,6 +347,7 @@ class Settings:
                 sentinels=tuple(cfg["redis.sentinels"]),
                 sentinel_service=cfg["redis.sentinel_service"],
                 batching=cfg["redis.batching"],
+                replica_wait_s=cfg["redis.replica_wait"],
             ),
             logging=LoggingSettings(
                 level=cfg["logging.level"],

@@ -184,6 +184,9 @@ class PolicyConnection(asyncio.Protocol):
             if self.transport is None or self.transport.is_closing():
                 return
             self.transport.write(encode_action(action))
+            self.server.answered_in_shutdown += self.server.closing
+        if self.server.closing and self.transport and not self.decoder.partial:
+            self.transport.close()  # shutting down: answered; the next request goes elsewhere
 
 
 class PolicyServer:
@@ -209,6 +212,8 @@ class PolicyServer:
         self.subscribed = asyncio.Event()  # set at the first lock channel subscription
         self.inflight = 0
         self.closing = False
+        self.answered_in_shutdown = 0
+        self._socket_inode = 0  # of our unix socket: removed at exit only if still ours
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -298,6 +303,7 @@ class PolicyServer:
             self._server = await loop.create_unix_server(
                 lambda: PolicyConnection(self), path, backlog=512)
             os.chmod(path, self.p.socket_mode)
+            self._socket_inode = os.stat(path).st_ino
         else:
             self._server = await loop.create_server(
                 lambda: PolicyConnection(self), self.listen.host, self.listen.port,
@@ -329,7 +335,7 @@ class PolicyServer:
         await stop.wait()
         sd_notify("STOPPING=1")
         await self.shutdown()
-        log.info("%s", self.service.stats.line(time.monotonic() - started))
+        log.info("%s", self.service.stats.line(time.monotonic() - started, final=True))
 
     async def _stats(self, interval: float, started: float) -> None:
         while True:
@@ -337,22 +343,48 @@ class PolicyServer:
             log.info("%s", self.service.stats.line(time.monotonic() - started))
 
     async def shutdown(self) -> None:
+        """SIGTERM: stop accepting and remove the socket at once (Postfix's next connect
+        fails fast and it retries or applies its default_action: 451 as shipped), close
+        idle connections, answer every request in flight or already received within
+        `policyd.shutdown_grace` (each connection is closed after its answer), then close
+        whatever is left."""
         self.closing = True
+        log.info("%s", logs.note("stopping: no new connections; requests in flight get "
+                                 "their answers", connections=len(self.connections),
+                                 in_flight=self.inflight, grace_s=self.p.shutdown_grace_s))
         if self._server:
             self._server.close()
+        self._remove_socket()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)  # the channel closes
+        for conn in list(self.connections):
+            if conn.transport and not conn.busy and not conn.decoder.partial:
+                conn.transport.close()
         deadline = time.monotonic() + self.p.shutdown_grace_s
-        while self.inflight and time.monotonic() < deadline:
+        while self.inflight or any(c.busy for c in self.connections):
+            if time.monotonic() >= deadline:
+                break
             await asyncio.sleep(0.01)
+        unanswered = sum(len(c.queue) + (c.worker is not None and not c.worker.done())
+                         for c in self.connections)
+        self.service.stats.extra["shutdown_answered"] = self.answered_in_shutdown
+        self.service.stats.extra["shutdown_unanswered"] = unanswered
+        if unanswered:
+            log.warning("%s", logs.note("shutdown grace over; closing connections with "
+                                        "requests unanswered (Postfix retries them)",
+                                        unanswered=unanswered))
         for conn in list(self.connections):
             if conn.transport:
                 conn.transport.close()
-        if self.listen.family == "unix":
-            with contextlib.suppress(OSError):
-                os.unlink(self.listen.path)
         await self.service.store.close()
+
+    def _remove_socket(self) -> None:
+        if self.listen.family != "unix" or not self._socket_inode:
+            return
+        with contextlib.suppress(OSError):
+            if os.stat(self.listen.path).st_ino == self._socket_inode:  # not a successor's
+                os.unlink(self.listen.path)
 
 
 def run(cfg: Config) -> int:
@@ -375,6 +407,7 @@ def run(cfg: Config) -> int:
     async def main() -> None:
         store = RedisStore.from_settings(settings.redis)
         cache = LockCache(p.lock_snapshot, p.lock_expire_s)
+        cache.check_writable()
         if n := cache.load_snapshot():
             log.info("loaded %d locks from snapshot %s", n, p.lock_snapshot)
         service = PolicyService(cfg, store, SystemClock(), cache)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -30,6 +33,8 @@ log = logging.getLogger("mailwarden.policyd")
 
 DUNNO = "DUNNO"
 _MAX_REPLY_TEXT = 480  # an SMTP reply line is at most 512 octets with code and CRLF
+# A rate lock with less than this left before lock.expire_after is not restored.
+_RESTORE_MARGIN_S = 30.0
 
 
 @dataclass
@@ -43,12 +48,12 @@ class Stats:
     max_window: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
-    def line(self, since_s: float) -> str:
+    def line(self, since_s: float, final: bool = False) -> str:
         return logs.stats_line({
             "requests": self.requests, "reject": self.reject, "defer": self.defer,
             "locks": self.locks, "redis_errors": self.redis_errors,
             "malformed": self.malformed, "max_window": self.max_window, **self.extra},
-            since_s=since_s)
+            since_s=since_s, final=final)
 
 
 class PolicyService:
@@ -65,6 +70,7 @@ class PolicyService:
         self.log_accepts = self.settings.logging.log_accepts
         self.locks = locks or LockCache(rate_lock_expire_s=self.lock_expire)
         self.stats = Stats()
+        self.instance_name = f"policyd@{socket.gethostname()}[{os.getpid()}]"
         self.lock_reason = (f"over {{count}} external {self.s.count_unit} in "
                             f"{format_duration(self.s.window_s)}")
 
@@ -181,10 +187,77 @@ class PolicyService:
     # -- background ------------------------------------------------------------
     async def refresh_locks(self) -> None:
         try:
-            self.locks.replace_all(await self.store.list_locks())
+            await self._reconcile_locks()
         except (RedisError, OSError, TimeoutError) as e:
             log.warning("%s", logs.note("lock list refresh failed, keeping the known locks",
                                         locks=len(self.locks.locks), error=str(e)))
+
+    async def _reconcile_locks(self) -> None:
+        """Redis's lock list, plus every known lock Redis lacks and nobody unlocked.
+
+        A Redis that lost its data (no epoch, or another epoch than the one we last saw:
+        restarted empty, flushed, replaced) or a failover to a replica that missed a lock
+        must not unlock anyone: a known lock missing from Redis is restored (restore.lua,
+        audited action=restore) unless the audit stream's newest event for the account is
+        an unlock (we missed its published event). After a data loss, locks the audit
+        stream still holds (it can outlive the lock keys) are restored too."""
+        epoch, created = await self.store.ensure_epoch(uuid.uuid4().hex)
+        lost = ""
+        if created:
+            lost = "redis had no epoch: new, restarted without its data, or flushed"
+        elif self.locks.epoch and epoch != self.locks.epoch:
+            lost = "redis epoch changed: replaced, or restored from an older copy"
+        if lost and (self.locks.epoch or self.locks.locks):
+            self.stats.extra["redis_data_lost"] = self.stats.extra.get("redis_data_lost", 0) + 1
+            log.warning("%s", logs.note("redis lost its data; restoring the known locks",
+                                        why=lost, known_locks=len(self.locks.locks),
+                                        old_epoch=self.locks.epoch or "-", epoch=epoch))
+        in_redis = {lk.account: lk for lk in await self.store.list_locks()}
+        now = self.clock.now()
+        missing = {a: lk for a, lk in self.locks.locks.items()
+                   if a not in in_redis and not self.locks.expired(lk, now)}
+        from_audit: dict[str, LockInfo] = {}
+        if missing or lost:
+            newest = await self.store.newest_events(None if lost else set(missing))
+            for account, ev in newest.items():
+                if ev.get("action") == "unlock":
+                    missing.pop(account, None)  # lifted; its published event never reached us
+                elif lost and account not in in_redis and account not in missing \
+                        and ev.get("action") in ("lock", "restore"):
+                    lk = _lock_from_audit(account, ev)
+                    if not self.locks.expired(lk, now):
+                        from_audit[account] = lk
+        keep = dict(in_redis)
+        for account, lk in (missing | from_audit).items():
+            keep[account] = lk
+            # A rate lock about to lapse anyway is kept here until it does, not re-made.
+            if self.locks.expired(lk, now, margin_s=_RESTORE_MARGIN_S):
+                continue
+            source = ("audit" if account in from_audit else
+                      "snapshot" if account in self.locks.from_snapshot else "memory")
+            if await self.store.restore_lock(
+                    lk, expire_ms=int(self.locks.expire_left_s(lk, now) * 1000),
+                    restored_by=self.instance_name, source=source,
+                    why=lost or "missing from redis, no unlock in the audit stream"):
+                self.stats.extra["locks_restored"] = self.stats.extra.get(
+                    "locks_restored", 0) + 1
+                log.warning("%s", logs.note("lock restored", account=account, kind=lk.kind,
+                                            source=source, why=lost or "missing from redis"))
+                await self.wait_replicas(account)
+        self.locks.replace_all(list(keep.values()), epoch)
+
+    async def wait_replicas(self, account: str) -> None:
+        """After a new lock: bounded WAIT for the replicas (redis.replica_wait); a lock
+        that did not reach them all is logged, never an error for the request."""
+        try:
+            acked, wanted = await self.store.wait_replicas()
+        except (RedisError, OSError, TimeoutError) as e:
+            log.warning("%s", logs.note("lock not confirmed by the replicas", account=account,
+                                        error=str(e)))
+            return
+        if acked < wanted:
+            log.warning("%s", logs.note("lock not confirmed by every replica in time",
+                                        account=account, acknowledged=acked, replicas=wanted))
 
     async def lock_refresher(self, interval_s: float) -> None:
         while True:
@@ -193,6 +266,19 @@ class PolicyService:
 
     def note_unlock(self, account: str) -> None:
         self.locks.remove(account)
+
+
+def _lock_from_audit(account: str, ev: Mapping[str, str]) -> LockInfo:
+    """The lock an audit entry (action lock or restore) describes; its time is the
+    entry's id (ms) unless it carries the original lock's since_ms."""
+    try:
+        since_ms = int(ev.get("since_ms") or ev.get("id", "0").split("-")[0])
+        count = int(ev.get("count") or 0)
+    except ValueError:
+        since_ms, count = 0, 0
+    return LockInfo(account, ev.get("reason", ""), since_ms / 1000.0,
+                    ev.get("kind", "manual") or "manual",
+                    ev.get("locked_by") or ev.get("by", ""), count)
 
 
 __all__ = ["DUNNO", "LockInfo", "PolicyService", "Stats"]

@@ -28,6 +28,20 @@ class Keyspace:
         # Pub/sub channel (not a key): the scripts that set or lift a lock PUBLISH a JSON
         # event here, and every policy daemon applies it to its lock list at once.
         self.lock_channel = f"{prefix}:lock-events"
+        # STRING: a random id written (SET NX) by the first policy daemon to meet this
+        # Redis. A daemon that remembers another value, or finds none, knows Redis lost
+        # its data (restarted empty, replaced) and restores the locks it knows.
+        self.epoch = f"{prefix}:epoch"
+        # STRING: rewritten right before WAIT, so that WAIT on any connection covers a
+        # lock written on another one (replication is one ordered stream).
+        self.replication_mark = f"{prefix}:replmark"
+
+        # HASHes account -> time (ms) of its last successful login (authpolicy) and of its
+        # last send (policyd's commit), for `mailwarden inactive`; the STRING says since
+        # when they are recorded (an account never seen is idle since then).
+        self.last_login = f"{prefix}:last-login"
+        self.last_send = f"{prefix}:last-send"
+        self.activity_since = f"{prefix}:activity-since"
 
     def account(self, account: str, instance: str = "") -> AccountKeys:
         base = f"{self.prefix}:{{{account}}}"

@@ -32,7 +32,7 @@ AUDIT_MAXLEN = 100_000  # lock/unlock events kept (approximate, MAXLEN ~)
 # The lock channel is quiet for hours: PING it after this long without a word, and give
 # up on the connection (resubscribe) when the PONG does not come within as long again.
 CHANNEL_PING_S = 15.0
-SCRIPT_NAMES = ("reserve", "commit", "release", "lock", "unlock")
+SCRIPT_NAMES = ("reserve", "commit", "release", "lock", "unlock", "restore")
 _MAX_BATCH = 256
 
 
@@ -186,12 +186,14 @@ class RedisStore:
     def from_settings(cls, s: RedisSettings, *, min_timeout_s: float = 0.0) -> RedisStore:
         return cls(s.url, prefix=s.prefix, timeout_s=max(s.timeout_s, min_timeout_s),
                    sentinels=s.sentinels, sentinel_service=s.sentinel_service,
-                   batching=s.batching)
+                   batching=s.batching, replica_wait_s=s.replica_wait_s)
 
     def __init__(self, url: str, *, prefix: str = "mw", timeout_s: float = 0.5,
                  sentinels: Sequence[str] = (), sentinel_service: str = "mymaster",
-                 batching: bool = True) -> None:
+                 batching: bool = True, replica_wait_s: float = 0.0) -> None:
         self.keys = Keyspace(prefix)
+        # WAIT after a new lock: bounded by the socket timeout, which WAIT must not hit.
+        self.replica_wait_ms = int(min(replica_wait_s, 0.8 * timeout_s) * 1000)
         self.scripts = _load_scripts()
         opts: dict[str, Any] = {
             "socket_timeout": timeout_s,
@@ -314,6 +316,62 @@ class RedisStore:
         finally:
             with contextlib.suppress(RedisError, OSError, RuntimeError):
                 await pubsub.aclose()
+
+    async def ensure_epoch(self, candidate: str) -> tuple[str, bool]:
+        """This Redis's epoch, and True when it had none and `candidate` became it (a new
+        Redis, or one that lost its data: restarted empty, flushed, replaced)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.epoch, candidate, nx=True)
+        pipe.get(self.keys.epoch)
+        created, epoch = await pipe.execute()
+        return _s(epoch or b""), bool(created)
+
+    async def restore_lock(self, lock: LockInfo, *, expire_ms: int, restored_by: str,
+                           source: str, why: str) -> bool:
+        """Put back a lock Redis lost (restore.lua: never overwrites, audited as
+        action=restore, published). True if it was restored, False if present."""
+        k = self.keys.account(lock.account)
+        raw = await self._batch.call("restore", (k.lock, self.keys.lock_index, self.keys.audit), (
+            lock.account, lock.reason, self._ms(lock.since), lock.by, lock.kind, lock.count,
+            max(0, expire_ms), AUDIT_MAXLEN, self.keys.lock_channel, restored_by, source, why))
+        return int(raw) == 1
+
+    async def newest_events(self, accounts: set[str] | None = None,
+                            max_entries: int = AUDIT_MAXLEN) -> dict[str, dict[str, str]]:
+        """account -> its newest audit event (with "id"), for `accounts` (None = every
+        account in the stream), reading newest first and stopping once all are found."""
+        out: dict[str, dict[str, str]] = {}
+        last, seen = "+", 0
+        while seen < max_entries and (accounts is None or len(out) < len(accounts)):
+            entries = await self.client.xrevrange(self.keys.audit, last, "-", count=1000)
+            if not entries:
+                break
+            for eid, fields in entries:
+                d = {_s(k): _s(v) for k, v in fields.items()}
+                a = d.get("account", "")
+                if a and a not in out and (accounts is None or a in accounts):
+                    d["id"] = _s(eid)
+                    out[a] = d
+            seen += len(entries)
+            last = "(" + _s(entries[-1][0])
+        return out
+
+    async def wait_replicas(self) -> tuple[int, int]:
+        """After a new lock: WAIT (bounded by redis.replica_wait) until every replica the
+        master has now acknowledged it. (acknowledged, replicas); (0, 0) without any."""
+        if self.replica_wait_ms <= 0:
+            return 0, 0
+        role = await self.client.execute_command("ROLE")
+        if _s(role[0]) != "master" or not role[2]:
+            return 0, 0
+        wanted = len(role[2])
+        # WAIT counts this connection's writes only: a write here first covers the lock
+        # written on whichever pooled connection ran it (one ordered replication stream).
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.replication_mark, "1", px=60_000)
+        pipe.execute_command("WAIT", wanted, self.replica_wait_ms)
+        _, acked = await pipe.execute()
+        return int(acked), wanted
 
     async def get_lock(self, account: str) -> LockInfo | None:
         return _lock_from_hash(account, await self.client.hgetall(self.keys.account(account).lock))
