@@ -123,25 +123,30 @@ def cmd_milter(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
-    """Offline: the milter's verdict on FILE.eml, with every reason."""
-    from mailwarden.milter.evaluate import Envelope, evaluate
+    """Offline: the milter's verdict on FILE.eml, with every reason (the same engine,
+    authentication included: give --client-addr/--helo as the milter would see them)."""
+    from mailwarden.engine import Engine, Envelope
     from mailwarden.settings import Settings
     from mailwarden.verdict import Action
 
-    settings = Settings.from_config(cfg).content
+    settings = Settings.from_config(cfg)
     if args.no_scan:
-        settings = replace(settings, scan=False)
+        settings = replace(settings, content=replace(settings.content, scan=False))
+    if args.no_auth:
+        settings = replace(settings, auth=replace(settings.auth, enabled=False))
     try:
         fp = open(args.file, "rb")
     except OSError as e:
         print(f"mailwarden: {args.file}: {e.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    client = args.client_addr or ("127.0.0.1" if args.sasl_user else "")
     envelope = Envelope(mail_from=args.sender or "", recipients=tuple(args.to or ()),
                         original_recipients=tuple("" for _ in args.to or ()),
-                        client_addr="127.0.0.1" if args.sasl_user else "",
-                        authenticated=bool(args.sasl_user))
+                        client_addr=client, authenticated=bool(args.sasl_user),
+                        helo=args.helo or "")
+    engine = Engine.from_settings(settings)
     with fp:
-        result = evaluate(fp, settings, envelope=envelope)
+        result = engine.evaluate(fp, envelope)
     decisive = result.decisive
     action = "accept" if decisive is None else (
         "reject" if decisive.action is Action.REJECT else "tempfail")
@@ -234,7 +239,28 @@ def cmd_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     sys.stdout.write(f"# {cfg.path}: OK\n")
     sys.stdout.write(describe(cfg))
-    return EXIT_OK
+    return _probe_policy_signatures(cfg)
+
+
+def _probe_policy_signatures(cfg: Config) -> int:
+    """clamd has conf/clamav/mailwarden-policy.ndb (antivirus.policy_signatures)?"""
+    content = _settings(cfg).content
+    if not content.scan or content.policy_signatures == "off":
+        return EXIT_OK
+    from mailwarden.engine.scanning import probe_policy_signatures
+
+    ok, said = probe_policy_signatures(content.clamd_address, timeout_s=5.0)
+    if ok:
+        sys.stdout.write(f"# clamd {content.clamd_address}: policy signatures loaded ({said})\n")
+        return EXIT_OK
+    if ok is None:  # clamd may start after us: the milter probes again at start
+        print(f"mailwarden: warning: could not probe clamd {content.clamd_address}: {said}",
+              file=sys.stderr)
+        return EXIT_OK
+    print(f"mailwarden: clamd {content.clamd_address} lacks the policy signatures "
+          f"(conf/clamav/mailwarden-policy.ndb): the probe PE came back {said!r}",
+          file=sys.stderr)
+    return EXIT_FAIL if content.policy_signatures == "require" else EXIT_OK
 
 
 def cmd_locks(args: argparse.Namespace, cfg: Config) -> int:
@@ -347,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--from", dest="sender", metavar="ADDR", help="envelope sender")
     k.add_argument("--to", action="append", metavar="ADDR", help="envelope recipient (repeat)")
     k.add_argument("--sasl-user", metavar="LOGIN", help="as if sent by this SASL login")
+    k.add_argument("--client-addr", metavar="IP", help="the SMTP client's address, as the "
+                   "milter sees it (SPF, trusted networks; default 127.0.0.1 with --sasl-user)")
+    k.add_argument("--helo", metavar="NAME", help="the client's HELO/EHLO name (SPF)")
+    k.add_argument("--no-auth", action="store_true", help="skip SPF/DKIM/DMARC and signing")
     k.add_argument("--json", action="store_true")
     k.add_argument("--no-scan", action="store_true", help="skip clamd")
 

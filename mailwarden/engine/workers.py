@@ -89,6 +89,9 @@ def boot(fd: int) -> None:
     """The worker process's entry (see _BOOT): its settings come first on the socket."""
     conn = Connection(fd)
     settings, limits, hook = conn.recv()
+    from mailwarden import metrics
+
+    metrics.worker_init()  # DNS/clamd timings of this worker reach the milter's /metrics
     worker_main(conn, settings, limits, hook)
 
 
@@ -119,9 +122,9 @@ def worker_main(conn: Connection, settings: Any, limits: WorkerLimits,
             message = os.fdopen(fd, "rb")
         else:
             message = io.BytesIO(job["data"])
-        if hook:
-            _test_hook(hook, message)
         try:
+            if hook:
+                _test_hook(hook, message)
             with message:
                 result = analyse(message, content, job["envelope"], job["deadline"],
                                  authenticate=None if job["envelope"].final_hop else
@@ -267,11 +270,18 @@ class WorkerPool:
             return
 
         def spawn() -> None:
-            try:
-                w = self._spawn()
-            except Exception as e:
-                log.error("%s", logs.note("could not start a worker process", error=str(e)))
-                return
+            delay = 1.0
+            while True:
+                try:
+                    w = self._spawn()
+                    break
+                except Exception as e:  # logged; tried again, the pool runs one short
+                    log.error("%s", logs.note("could not start a worker process",
+                                              error=str(e), retry=f"{delay:g}s"))
+                if self._closed:
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
             self.stats["workers_replaced"] += 1
             log.info("%s", logs.note("worker process started", pid=w.pid, replaces=dead.pid,
                                      reason=reason))
