@@ -137,6 +137,9 @@ class HeaderValue:
     # charset-decoded. Duplicates are kept: a hostile message may send two
     # `filename` parameters and mail clients disagree on which one wins.
     params: tuple[tuple[str, str], ...]
+    # More parameters than `max_params`: the ones after the cap were not read,
+    # so the value was not fully seen (the walker makes that uninspectable).
+    truncated: bool = False
 
     def get(self, name: str) -> str | None:
         for key, val in self.params:
@@ -145,7 +148,10 @@ class HeaderValue:
         return None
 
 
-def parse_header_value(text: str, max_params: int = 64) -> HeaderValue:
+MAX_PARAMS = 64  # parameters read from one header value
+
+
+def parse_header_value(text: str, max_params: int = MAX_PARAMS) -> HeaderValue:
     """Split `main; a=b; c="d;e"` leniently.
 
     Unquoted values run to the next `;` (so `filename=my file.exe` keeps its
@@ -158,7 +164,11 @@ def parse_header_value(text: str, max_params: int = 64) -> HeaderValue:
         i += 1
     main = text[:i].strip().lower()
     params: list[tuple[str, str]] = []
-    while i < n and len(params) < max_params:
+    truncated = False
+    while i < n:
+        if len(params) >= max_params:
+            truncated = text[i:].strip(" \t\r\n;") != ""
+            break
         i += 1  # skip ';'
         while i < n and text[i] in " \t\r\n":
             i += 1
@@ -189,10 +199,13 @@ def parse_header_value(text: str, max_params: int = 64) -> HeaderValue:
             value = text[start:i].strip()
         if name:
             params.append((name, value))
-    return HeaderValue(main, tuple(params))
+    return HeaderValue(main, tuple(params), truncated)
 
 
-_RFC2231_SECTION = re.compile(r"^([^*]+)\*(\d{1,3})(\*?)$")
+# Section numbers: any digits (Python's email and Thunderbird read
+# "filename*0000=" as section 0); values past _MAX_SECTION are not sections.
+_RFC2231_SECTION = re.compile(r"^([^*]+)\*(\d{1,12})(\*?)$")
+_MAX_SECTION = 10_000
 
 
 def _percent_decode(value: str) -> bytes:
@@ -223,7 +236,7 @@ def param_values(header: HeaderValue, name: str) -> list[str]:
             results.append(_decode_charset(_percent_decode(text), charset or "utf-8"))
             continue
         m = _RFC2231_SECTION.match(key)
-        if m and m.group(1) == name:
+        if m and m.group(1) == name and int(m.group(2)) <= _MAX_SECTION:
             sections.setdefault(int(m.group(2)), (val, bool(m.group(3))))
     if sections:
         charset = ""
@@ -275,9 +288,15 @@ def effective_extension(name: str) -> str:
 
 
 def executable_extension(name: str, extensions: frozenset[str]) -> str | None:
-    """The executable extension `name` ends with, or None."""
-    ext = effective_extension(name)
-    return ext if ext and ext in extensions else None
+    """The executable extension `name` ends with, or None.
+
+    A name with a NUL in it is also read up to the NUL, as C string handling
+    (and so Windows' file APIs) would: "setup.exe\0.pdf" is "setup.exe"."""
+    for candidate in (name, name.split("\0", 1)[0]) if "\0" in name else (name,):
+        ext = effective_extension(candidate)
+        if ext and ext in extensions:
+            return ext
+    return None
 
 
 ARCHIVE_EXTENSIONS: frozenset[str] = frozenset(

@@ -55,9 +55,18 @@ from mailwarden.inspect.archives import (
     describe,
     inspect_blob,
 )
+from mailwarden.inspect.encodings import (
+    UU_BEGIN,
+    YENC_BEGIN,
+    UuDecoder,
+    b64_stripped,
+    yenc_line,
+)
 from mailwarden.inspect.filenames import (
+    MAX_PARAMS,
     HeaderValue,
     decode_header_bytes,
+    decode_rfc2047,
     param_values,
     parse_header_value,
 )
@@ -75,7 +84,8 @@ _BLOCK_MAX = 64 * 1024  # bulk reads of base64 bodies (_Lines.block)
 _BLOCK_MIN = 1024
 _B64_KEEP = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _B64_DELETE = bytes(c for c in range(256) if c not in _B64_KEEP)
-_UUENCODE_BEGIN = re.compile(rb"^begin(?:-base64)? [0-7]{3,4} (.+?)\s*$")
+_B64_DELETE_ALL = bytes(c for c in range(256) if c not in _B64_KEEP[:-1])
+_MAX_TEXT_BLOCKS = 64  # uuencode / yEnc blocks looked for in one text part
 
 
 class _CallbackFailed(Exception):
@@ -92,6 +102,11 @@ class _Boundary:
 
 # A line chunk and whether it starts at the beginning of a line.
 _Line = tuple[bytes, bool]
+# Open multiparts, outermost first: each the delimiters ("--" + boundary) it may
+# use. A boundary parameter with whitespace in it is read two ways (whole, and
+# up to the whitespace) because readers disagree: Python's compat32 and
+# Thunderbird keep "foo bar", Python's default policy reads "foo".
+_Stack = list[tuple[bytes, ...]]
 
 
 class _Lines:
@@ -163,20 +178,20 @@ class _Lines:
         self.pushed.extend(reversed(lines))
 
 
-def _match_boundary(item: _Line, stack: list[bytes]) -> _Boundary | None:
+def _match_boundary(item: _Line, stack: _Stack) -> _Boundary | None:
     line, starts = item
     if not starts or not line.startswith(b"--") or not stack:
         return None
     body = line.rstrip(b"\r\n")
     for level in range(len(stack) - 1, -1, -1):
-        delim = stack[level]
-        if body.startswith(delim):
-            rest = body[len(delim) :]
-            closing = rest.startswith(b"--")
-            if closing:
-                rest = rest[2:]
-            if not rest.strip(b" \t"):
-                return _Boundary(level, closing)
+        for delim in stack[level]:
+            if body.startswith(delim):
+                rest = body[len(delim) :]
+                closing = rest.startswith(b"--")
+                if closing:
+                    rest = rest[2:]
+                if not rest.strip(b" \t"):
+                    return _Boundary(level, closing)
     return None
 
 
@@ -192,9 +207,17 @@ def _split_eol(line: bytes) -> tuple[bytes, bytes]:
 
 
 class _Base64:
+    """Lenient base64: characters outside the alphabet are skipped, and data
+    after "=" padding is decoded as a new quantum (per-line encoders pad each
+    line). `mid_padding` says padding was followed by data: decoders that skip
+    such "=" (Python's binascii, many clients) read other bytes, so the walker
+    decodes the part a second time that way (`encodings.b64_stripped`)."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.buf = bytearray()
+        self.mid_padding = False
+        self._after_pad = False
 
     def _segment(self, seg: bytes) -> bytes:
         if len(seg) % 4 == 1:
@@ -212,6 +235,11 @@ class _Base64:
         clean = line.translate(None, _B64_DELETE)
         if len(clean) != len(line.translate(None, b" \t\r\n")):
             self.ctx.defect("broken-base64")
+        if clean:
+            if (self._after_pad and clean.lstrip(b"=")) or b"=" in clean.rstrip(b"="):
+                self.mid_padding = True
+            self._after_pad = clean.endswith(b"=") or (self._after_pad
+                                                       and not clean.strip(b"="))
         self.buf += clean
         if b"=" in clean:
             *done, rest = re.split(rb"=+", bytes(self.buf))
@@ -247,6 +275,26 @@ class _QuotedPrintable:
         return b""
 
 
+class _Stripped:
+    """The second reading of a base64 body with padding inside: every "="
+    ignored (see `_Base64`)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, line: bytes, eol: bytes) -> tuple[bytes, bytes]:
+        self.buf += line.translate(None, _B64_DELETE_ALL)
+        n = len(self.buf) // 4 * 4
+        out = b64_stripped(bytes(self.buf[:n])) if n else b""
+        del self.buf[:n]
+        return out, b""
+
+    def finish(self) -> bytes:
+        out = b64_stripped(bytes(self.buf))
+        self.buf.clear()
+        return out
+
+
 class _Identity:
     def feed(self, line: bytes, eol: bytes) -> tuple[bytes, bytes]:
         return line, eol
@@ -255,7 +303,7 @@ class _Identity:
         return b""
 
 
-_Decoder = _Base64 | _QuotedPrintable | _Identity
+_Decoder = _Base64 | _QuotedPrintable | _Identity | _Stripped | UuDecoder
 
 
 # -------------------------------------------------------------------- walker
@@ -293,12 +341,26 @@ def _pick_content_type(headers: _Headers) -> HeaderValue:
     return parse_header_value(values[0] if values else "")
 
 
+_COMMENT = re.compile(r"\([^()]*\)")
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+_UU_CTES = ("x-uuencode", "x-uue", "uuencode", "uue")
+
+
+def cte_token(value: str) -> str:
+    """The encoding a lenient reader takes from a Content-Transfer-Encoding
+    value: comments dropped, the first token, lower-cased. Thunderbird (and
+    Outlook) decode "base64 x", "base64 (binary)" and "base64;" as base64;
+    Python's email does not; the reading that finds the attachment wins."""
+    m = _TOKEN.search(_COMMENT.sub(" ", value))
+    return m.group(0).lower() if m else ""
+
+
 def _pick_encoding(headers: _Headers) -> str:
     """Of several Content-Transfer-Encodings, the one that decodes most."""
-    found = {v.strip().lower() for v in headers.all("content-transfer-encoding")}
-    for cte in ("base64", "quoted-printable"):
+    found = {cte_token(v) for v in headers.all("content-transfer-encoding")}
+    for cte in ("base64", "quoted-printable", *_UU_CTES):
         if cte in found:
-            return cte
+            return "x-uuencode" if cte in _UU_CTES else cte
     return ""
 
 
@@ -314,7 +376,7 @@ class _Walker:
 
     # --- header blocks
 
-    def _read_headers(self, lines: _Lines, stack: list[bytes], top: bool) -> _Headers:
+    def _read_headers(self, lines: _Lines, stack: _Stack, top: bool) -> _Headers:
         """One header block, read by THE header parser (inspect/headers.py); this loop
         adds only what a stream of parts needs: boundaries, and handing back the lines
         that turn out to be a body."""
@@ -357,7 +419,7 @@ class _Walker:
             self.model.headers = self._last_block.fields
         self._entity(lines, [], headers, prefix, depth, "text/plain")
 
-    def _entity(self, lines: _Lines, stack: list[bytes], headers: _Headers, prefix: str,
+    def _entity(self, lines: _Lines, stack: _Stack, headers: _Headers, prefix: str,
                 depth: int, default_type: str) -> _Boundary | None:
         """Walk one entity whose headers are read; return the boundary that
         ended it (None at the end of input)."""
@@ -372,12 +434,21 @@ class _Walker:
             return headers.stop
         if any(len(headers.all(h)) > 1 for h in ("content-type", "content-transfer-encoding")):
             self.ctx.defect("duplicate-header")
+        for name in ("content-type", "content-disposition"):
+            if any(parse_header_value(v).truncated for v in headers.all(name)):
+                # A filename, name or boundary after the cap would not be seen.
+                self.ctx.add(FindingKind.UNINSPECTABLE, prefix.rstrip("/"), "header-param-limit",
+                             f"{name} with more than {MAX_PARAMS} parameters")
         ctype = _pick_content_type(headers)
         main = ctype.value if "/" in ctype.value else default_type
         if main.startswith("multipart/"):
             boundary = ctype.get("boundary")
             if not boundary:
+                # No reader can split it the way the sender meant: its parts
+                # are whatever a client guesses. Ambiguous structure.
                 self.ctx.defect("multipart-without-boundary")
+                self.ctx.add(FindingKind.UNINSPECTABLE, prefix.rstrip("/"),
+                             "multipart-without-boundary", main)
             elif depth >= self.limits.max_mime_depth:
                 self.ctx.add(FindingKind.UNINSPECTABLE, prefix.rstrip("/"), "mime-depth-limit",
                              f"MIME nesting deeper than {self.limits.max_mime_depth}")
@@ -386,7 +457,10 @@ class _Walker:
                 return self._multipart(lines, stack, headers,
                                        boundary.encode("utf-8", "surrogateescape"),
                                        prefix, depth, inner)
-        if main in ("message/rfc822", "message/global"):
+        if main.startswith("message/") and main != "message/partial":
+            # Every message/* is walked as a message (rfc822, global, news,
+            # delivery-status, external-body...): Python's email does, and a
+            # client may show any of them as an attached message.
             if depth < self.limits.max_mime_depth:
                 return self._attached_message(lines, stack, headers, prefix, depth)
             self.ctx.add(FindingKind.UNINSPECTABLE, prefix.rstrip("/"), "mime-depth-limit",
@@ -396,7 +470,7 @@ class _Walker:
                          "fragment of a message split over several mails")
         return self._leaf(lines, stack, headers, prefix, main)
 
-    def _skip_to_boundary(self, lines: _Lines, stack: list[bytes]) -> _Boundary | None:
+    def _skip_to_boundary(self, lines: _Lines, stack: _Stack) -> _Boundary | None:
         while True:
             item = lines.next()
             if item is None:
@@ -405,10 +479,15 @@ class _Walker:
             if found is not None:
                 return found
 
-    def _multipart(self, lines: _Lines, stack: list[bytes], headers: _Headers, boundary: bytes,
+    def _multipart(self, lines: _Lines, stack: _Stack, headers: _Headers, boundary: bytes,
                    prefix: str, depth: int, inner_default: str) -> _Boundary | None:
         mine = len(stack)
-        inner = [*stack, b"--" + boundary]
+        alternatives = [boundary]
+        first = boundary.split(None, 1)[0] if boundary.strip() else b""
+        if first and first != boundary:
+            self.ctx.defect("boundary-with-space")
+            alternatives.append(first)
+        inner = [*stack, tuple(b"--" + b for b in alternatives)]
         start = lines.mark()
         stop = self._skip_to_boundary(lines, inner)  # the preamble
         if (stop is None or stop.level < mine) and start is not None:
@@ -429,14 +508,14 @@ class _Walker:
             headers = self._read_headers(lines, inner, False)
             stop = self._entity(lines, inner, headers, prefix, depth + 1, inner_default)
 
-    def _attached_message(self, lines: _Lines, stack: list[bytes], headers: _Headers,
+    def _attached_message(self, lines: _Lines, stack: _Stack, headers: _Headers,
                           prefix: str, depth: int) -> _Boundary | None:
         names = self._names(headers)
         label = names[0] if names else "attached-message"
         for name in names:
             check_name(self.ctx, name, prefix + name)
         with self._spool() as body:
-            stop, _ = self._decode_body(lines, stack, headers, body, text=False)
+            stop, _, _ = self._decode_body(lines, stack, headers, body)
             body.seek(0)
             self.walk(_Lines(body, self.ctx.budget), prefix + label + "/", depth + 1, top=False)
         return stop
@@ -447,21 +526,38 @@ class _Walker:
         return tempfile.SpooledTemporaryFile(max_size=self.limits.spool_memory_bytes)
 
     def _names(self, headers: _Headers) -> list[str]:
+        """Every name a reader may give the part: filename= and name= on either
+        header (clients read both), and the old Content-Name: (Eudora, Outlook
+        Express) and X-Sun-Data-Name: (Sun mailtool, still honoured by
+        Thunderbird) headers."""
         names: list[str] = []
-        for value in headers.all("content-disposition"):
-            names += param_values(parse_header_value(value), "filename")
-        for value in headers.all("content-type"):
-            names += param_values(parse_header_value(value), "name")
-        return [_clean(n).strip() for n in names if n.strip()]
+        for header in ("content-disposition", "content-type"):
+            for value in headers.all(header):
+                parsed = parse_header_value(value)
+                names += param_values(parsed, "filename")
+                names += param_values(parsed, "name")
+        for header in ("content-name", "x-sun-data-name"):
+            names += [decode_rfc2047(v) for v in headers.all(header)]
+        return list(dict.fromkeys(_clean(n).strip() for n in names if n.strip()))
 
-    def _decode_body(self, lines: _Lines, stack: list[bytes], headers: _Headers,
-                     out: IO[bytes], text: bool) -> tuple[_Boundary | None, int]:
+    def _decode_body(self, lines: _Lines, stack: _Stack, headers: _Headers,
+                     out: IO[bytes], stripped: bool = False,
+                     ) -> tuple[_Boundary | None, int, bool]:
+        """Decode the body into `out`: (the boundary that ended it, the decoded
+        size, whether base64 padding was followed by more data)."""
         cte = _pick_encoding(headers)
+        if not cte and any(cte_token(v) not in ("7bit", "8bit", "binary")
+                           for v in headers.all("content-transfer-encoding")):
+            self.ctx.defect("unknown-transfer-encoding")
         decoder: _Decoder
-        if cte == "base64":
+        if stripped:
+            decoder = _Stripped()
+        elif cte == "base64":
             decoder = _Base64(self.ctx)
         elif cte == "quoted-printable":
             decoder = _QuotedPrintable()
+        elif cte == "x-uuencode":
+            decoder = UuDecoder()
         else:
             decoder = _Identity()
         size = 0
@@ -489,11 +585,6 @@ class _Walker:
                 pending_eol = b""  # the line break before a boundary belongs to it
                 break
             line, eol = _split_eol(item[0])
-            if text and item[1] and line.startswith(b"begin"):
-                m = _UUENCODE_BEGIN.match(line)
-                if m:
-                    name = decode_header_bytes(m.group(1))
-                    check_name(self.ctx, name, f"{self.ctx.where}/{name}".lstrip("/"))
             data, held = decoder.feed(line, eol)
             data = pending_eol + data
             pending_eol = held
@@ -504,9 +595,112 @@ class _Walker:
         if tail:
             out.write(tail)
             size += len(tail)
-        return stop, size
+        if isinstance(decoder, UuDecoder):
+            for raw in decoder.names:
+                name = decode_header_bytes(raw)
+                check_name(self.ctx, name, f"{self.ctx.where}/{name}".lstrip("/"))
+        return stop, size, isinstance(decoder, _Base64) and decoder.mid_padding
 
-    def _leaf(self, lines: _Lines, stack: list[bytes], headers: _Headers, prefix: str,
+    def _inspect(self, body: IO[bytes], size: int, display: str) -> str:
+        """inspect_blob, with the limits that end one part (not the walk) and
+        internal errors turned into findings."""
+        try:
+            body.flush()
+            return inspect_blob(self.ctx, body, size, display, 0)
+        except LimitReached as limit:
+            if limit.detected == "time-limit":
+                raise
+            # The message's inflation budget is spent: say so, and go
+            # on with the other parts (their names are still checked).
+            self.ctx.add(FindingKind.UNINSPECTABLE, self.ctx.where, limit.detected,
+                         limit.detail)
+        except Exception as exc:  # a bug must not end the walk: report it
+            self.ctx.add(FindingKind.UNINSPECTABLE, display, "internal-error", describe(exc))
+        return "unknown"
+
+    def _second_reading(self, lines: _Lines, stack: _Stack, headers: _Headers,
+                        start: tuple[int, bool] | None, display: str) -> None:
+        """Decode a base64 body again with every "=" ignored, and inspect that."""
+        self.ctx.defect("base64-padding-inside")
+        end = lines.mark()
+        if start is None or end is None:
+            self.ctx.add(FindingKind.UNINSPECTABLE, display, "ambiguous-base64",
+                         "padding inside the data, and the body cannot be read twice")
+            return
+        lines.reset(start)
+        with self._spool() as alt:
+            _, size, _ = self._decode_body(lines, stack, headers, alt, stripped=True)
+            lines.reset(end)
+            if size:
+                self._inspect(alt, size, display)
+
+    def _scan_text(self, body: IO[bytes], display: str) -> None:
+        """uuencode and yEnc blocks in a decoded text body: clients show them
+        as attachments, so each block is decoded and inspected as one."""
+        body.seek(0)
+        state = ""
+        name = b""
+        blocks = 0
+        count = 0
+        block: IO[bytes] | None = None
+        decoder: UuDecoder | None = None
+        size = 0
+        while True:
+            line = body.readline(MAX_LINE)
+            count += 1
+            if count % _TIME_CHECK_EVERY == 0:
+                self.ctx.budget.check_time()
+            text = line.rstrip(b"\r\n")
+            if state and (not line or (state == "yenc" and text.startswith(b"=yend"))
+                          or (state == "uu" and decoder is not None and not decoder.state)):
+                assert block is not None
+                if decoder is not None:
+                    tail = decoder.finish()
+                    block.write(tail)
+                    size += len(tail)
+                self._text_block(block, size, display, decode_header_bytes(name))
+                block.close()
+                state, block, decoder, size = "", None, None, 0
+            if not line:
+                return
+            if not state:
+                uu = UU_BEGIN.match(text)
+                ye = YENC_BEGIN.match(text) if uu is None else None
+                if uu is None and ye is None:
+                    continue
+                blocks += 1
+                self.ctx.budget.tick()
+                if blocks > _MAX_TEXT_BLOCKS:
+                    self.ctx.add(FindingKind.UNINSPECTABLE, display, "text-block-limit",
+                                 f"more than {_MAX_TEXT_BLOCKS} encoded blocks in a text part")
+                    return
+                block = self._spool()
+                if uu is not None:
+                    state, name = "uu", uu.group(2)
+                    decoder = UuDecoder()
+                    decoder.feed(text, b"")
+                else:
+                    assert ye is not None
+                    state, name = "yenc", ye.group(1)
+                continue
+            assert block is not None
+            if state == "uu":
+                assert decoder is not None
+                data, _ = decoder.feed(text, b"")
+            elif text.startswith((b"=ypart ", b"=ybegin ")):
+                continue
+            else:
+                data = yenc_line(text)
+            block.write(data)
+            size += len(data)
+
+    def _text_block(self, block: IO[bytes], size: int, display: str, name: str) -> None:
+        path = f"{display}/{name}"
+        check_name(self.ctx, name, path)
+        if size:
+            self._inspect(block, size, path)
+
+    def _leaf(self, lines: _Lines, stack: _Stack, headers: _Headers, prefix: str,
               main: str, empty: bool = False) -> _Boundary | None:
         index = self.leaves
         self.leaves += 1
@@ -522,28 +716,19 @@ class _Walker:
         with self._spool() as body:
             stop: _Boundary | None = None
             size = 0
+            twice = False
+            start = lines.mark()
             if not empty:
-                stop, size = self._decode_body(lines, stack, headers, body,
-                                               text=main.startswith("text/"))
+                stop, size, twice = self._decode_body(lines, stack, headers, body)
             else:
                 stop = headers.stop
             detected = "empty"
             if size:
-                try:
-                    body.flush()
-                    detected = inspect_blob(self.ctx, body, size, display, 0)
-                except LimitReached as limit:
-                    if limit.detected == "time-limit":
-                        raise
-                    # The message's inflation budget is spent: say so, and go
-                    # on with the other parts (their names are still checked).
-                    self.ctx.add(FindingKind.UNINSPECTABLE, self.ctx.where, limit.detected,
-                                 limit.detail)
-                    detected = "unknown"
-                except Exception as exc:  # a bug must not end the walk: report it
-                    self.ctx.add(FindingKind.UNINSPECTABLE, display, "internal-error",
-                                 describe(exc))
-                    detected = "unknown"
+                detected = self._inspect(body, size, display)
+                if main.startswith("text/") and detected == "text":
+                    self._scan_text(body, display)
+            if twice:
+                self._second_reading(lines, stack, headers, start, display)
             info = AttachmentInfo(best, main, size, detected)
             if is_attachment:
                 self.model.attachments.append(info)
