@@ -344,7 +344,23 @@ SCHEMA: tuple[Key, ...] = (
     Key("auth.max_signatures", "int", 10, "DKIM signatures verified per message.", _positive),
     Key("auth.max_message_bytes", "size", 16 * 1024 * 1024,
         "DKIM signs and verifies whole messages in memory (~3x their size); bigger messages "
-        "are passed unsigned/unchecked with a log note.", _positive),
+        "are sent unsigned, and checked on their header and envelope only (no DKIM pass).",
+        _positive),
+    Key("auth.budget", "duration", 25.0,
+        "Time for all authentication of one message (SPF, DKIM, DMARC); running out is a "
+        "451 (auth.timeout).", _positive),
+    Key("auth.alignment", "str", "relaxed",
+        "Who vouches for our domain: strict (the same domain) or relaxed (also its parent "
+        "domains within our local domain).", _choices("relaxed", "strict")),
+    Key("auth.subdomains_vouch_for_parent", "bool", False,
+        "With relaxed alignment, let an SPF/DKIM pass of a subdomain vouch for its parent "
+        "and siblings (one lax subdomain then lets anyone spoof the province)."),
+    Key("auth.lookalike", "str", "reject",
+        "A sender domain confusable with ours: reject (550) or mark (header + log).",
+        _choices("reject", "mark")),
+    Key("auth.unparsable_from", "str", "reject",
+        "A From:/Sender: that is not exactly one address: reject (550) or record (log).",
+        _choices("reject", "record")),
     Key("auth.public_suffix_file", "str", "",
         "Public suffix list for DMARC; empty = Debian's publicsuffix package if installed, "
         "else a small built-in list."),

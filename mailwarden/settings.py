@@ -125,6 +125,10 @@ def auth_rules_from(cfg: Config, ours: Ours) -> AuthRuleSettings:
         dmarc_reject=cfg["auth.dmarc_reject"],
         spf_fail_reject=cfg["auth.spf_fail"] == "reject",
         dns_error_defer=cfg["auth.on_dns_error"] == "defer",
+        strict_alignment=cfg["auth.alignment"] == "strict",
+        subdomains_vouch_for_parent=cfg["auth.subdomains_vouch_for_parent"],
+        lookalike_reject=cfg["auth.lookalike"] == "reject",
+        unparsable_reject=cfg["auth.unparsable_from"] == "reject",
     )
 
 
@@ -258,6 +262,7 @@ class AuthRunSettings:
     spf_budget_s: float
     max_signatures: int
     max_message_bytes: int
+    budget_s: float  # all authentication of one message (auth.budget)
     public_suffix_file: str
     dkim_keys: tuple[dict[str, str], ...]
     dns: DnsSettings
@@ -296,6 +301,7 @@ class Settings:
                 spf_budget_s=cfg["auth.spf_budget"],
                 max_signatures=cfg["auth.max_signatures"],
                 max_message_bytes=cfg["auth.max_message_bytes"],
+                budget_s=cfg["auth.budget"],
                 public_suffix_file=cfg["auth.public_suffix_file"],
                 dkim_keys=tuple(cfg["dkim.keys"]),
                 dns=DnsSettings(

@@ -115,6 +115,18 @@ _REGISTRY = (
              "SPF fail of a foreign domain (refused when auth.spf_fail = reject)."),
     RuleInfo("auth.dns_temperror", "milter", "EOM", "auth_article",
              "A DNS failure kept a deciding check from deciding: 451 (auth.on_dns_error)."),
+    RuleInfo("auth.unparsable_from", "milter", "EOM", "auth_article",
+             "A From:/Sender: that is not exactly one address (refused by default, "
+             "auth.unparsable_from), or a header block too large to read."),
+    RuleInfo("auth.display_name", "milter", "EOM", "auth_article",
+             "Mail from outside whose From:/Sender: display name shows one of our domains."),
+    RuleInfo("auth.lookalike", "milter", "EOM", "auth_article",
+             "A sender domain confusable with ours (Unicode, punycode): refused or marked "
+             "(auth.lookalike)."),
+    RuleInfo("auth.duplicate_header", "milter", "EOM", "auth_article",
+             "A single-instance header field twice in mail claiming our domain (replay)."),
+    RuleInfo("auth.timeout", "milter", "EOM", "auth_article",
+             "Authentication ran out of auth.budget before deciding: 451."),
     RuleInfo("content.timeout", "milter", "EOM", "",
              "Inspection and scanning ran out of milter.content_budget: 451."),
     RuleInfo("internal.error", "both", "any", "",

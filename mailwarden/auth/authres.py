@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from mailwarden.auth.lookalike import ascii_form
 from mailwarden.auth.results import AuthResults, HeaderField, Result
 
 NAME = "Authentication-Results"
@@ -46,12 +47,18 @@ def _value(text: str) -> str:
 
 
 def _domain(text: str) -> str:
+    """A domain as written on the wire: non-ASCII labels as A-labels (never dropped
+    characters: a look-alike must not read as our domain here)."""
+    if not text.isascii():
+        text = ascii_form(text)
     return text if _DOMAIN.fullmatch(text) else _value(text)
 
 
 def _mailbox(address: str) -> str:
     """smtp.mailfrom: the address when it is a plain dot-atom one, else its domain."""
     local, _, domain = address.rpartition("@")
+    if not domain.isascii():
+        domain = ascii_form(domain)
     if not _DOMAIN.fullmatch(domain):
         return _value(address)
     if local and _DOT_ATOM.fullmatch(local):
@@ -68,7 +75,9 @@ def render(results: AuthResults | None, authserv_id: str) -> HeaderField:
             prop = f"smtp.mailfrom={_mailbox(spf.mailfrom)}" if spf.identity == "mailfrom" \
                 else f"smtp.helo={_domain(spf.helo)}"
             parts.append(f"spf={spf.result.value}{_comment(spf.reason)} {prop}")
-        if not results.dkim:
+        if results.dkim_skipped:
+            parts.append(f"dkim=none{_comment(results.dkim_skipped)}")
+        elif not results.dkim:
             parts.append("dkim=none (no signatures)")
         for k in results.dkim:
             props = []

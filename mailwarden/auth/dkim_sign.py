@@ -8,8 +8,9 @@ unreadable or unusable: each key signs a test message before it is accepted.
 
 Signatures use relaxed/relaxed canonicalization (robust against re-folding by
 relays) and the header fields RFC 6376 5.4.1 recommends, those present in the
-message, with From signed once more than it occurs so that no From can be
-added without breaking the signature.
+message. The fields a reader relies on (OVERSIGNED) are signed once more than
+they occur, absent ones included (RFC 6376 5.4.2, 8.15): no From, To, Subject,
+Reply-To, ... can be added to a replayed message without breaking the signature.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from mailwarden.auth import canon
 from mailwarden.auth.results import HeaderField
+
+canon.install()  # linear body canonicalisation (auth/canon.py)
+
+# Signed once more than they occur, present or not (RFC 6376 8.15).
+OVERSIGNED = (b"from", b"sender", b"reply-to", b"to", b"cc", b"subject", b"date",
+              b"message-id", b"in-reply-to", b"references", b"mime-version",
+              b"content-type", b"content-transfer-encoding", b"resent-from",
+              b"resent-sender", b"resent-to", b"resent-cc", b"resent-date")
 
 ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 TABLE_KEYS = ("domain", "selector", "key_file", "algorithm")
@@ -223,13 +233,26 @@ def load_keys(tables: Sequence[Mapping[str, Any]]) -> KeyRing:
 def _sign_one(message: bytes, key: DkimKey) -> HeaderField:
     signer = dkim.DKIM(message, signature_algorithm=key.algorithm.encode("ascii"),
                        linesep=b"\r\n")
+    if not any(name.lower() == b"from" for name, _ in signer.headers):
+        raise DkimSignError("the message has no From: field (RFC 6376 5.4)")
     try:
         line = signer.sign(key.selector.encode("ascii"), key.domain.encode("ascii"),
-                           key.private, canonicalize=(b"relaxed", b"relaxed"))
+                           key.private, canonicalize=(b"relaxed", b"relaxed"),
+                           include_headers=signed_fields(signer))
     except dkim.ParameterError as e:
         raise DkimSignError(str(e)) from None
     name, _, value = line.decode("ascii").partition(":")
     return HeaderField(name, value.strip(" ").rstrip("\r\n"))
+
+
+def signed_fields(signer: dkim.DKIM) -> list[bytes]:
+    """h=: the recommended fields present (each occurrence), then each OVERSIGNED field
+    once more (absent ones once: a null signature of their absence)."""
+    present = [name.lower() for name, _ in signer.headers]
+    recommended = set(signer.should_sign) | set(OVERSIGNED)
+    out = [n for n in present if n in recommended]
+    out.extend(OVERSIGNED)
+    return out
 
 
 def keygen(domain: str, selector: str, directory: str | Path, owner_user: str | None = None,

@@ -128,8 +128,13 @@ class DmarcRecord:
 _POLICIES = ("none", "quarantine", "reject")
 
 
+class DmarcSyntaxError(ValueError):
+    """A DMARC record (v=DMARC1) with a malformed tag: DMARC permerror."""
+
+
 def parse_record(text: str) -> DmarcRecord | None:
-    """A DMARC TXT record, or None when it is not one (RFC 7489 6.3, 6.6.3)."""
+    """A DMARC TXT record, or None when it is not one (RFC 7489 6.3, 6.6.3).
+    Raises DmarcSyntaxError for a DMARC record with a malformed pct=."""
     tags: dict[str, str] = {}
     for i, part in enumerate(text.split(";")):
         key, sep, value = part.partition("=")
@@ -147,7 +152,12 @@ def parse_record(text: str) -> DmarcRecord | None:
         p = "none"  # RFC 7489 6.6.3: a bad p= with a valid rua= is treated as p=none
     sp = tags.get("sp", "").lower()
     pct_s = tags.get("pct", "100")
-    pct = int(pct_s) if pct_s.isdigit() and int(pct_s) <= 100 else 100
+    # pct must be 1-3 ASCII digits: str.isdigit() accepts other scripts' digits, and int()
+    # of a 5,001-digit value raises (int_max_str_digits). Bad DNS data is a permerror,
+    # never an exception; a well-formed value over 100 is ignored (100).
+    if not (pct_s.isascii() and pct_s.isdigit() and len(pct_s) <= 3):
+        raise DmarcSyntaxError(f"pct={pct_s[:20]!r} is not a percentage")
+    pct = int(pct_s) if int(pct_s) <= 100 else 100
     adkim = tags.get("adkim", "r").lower()
     aspf = tags.get("aspf", "r").lower()
     return DmarcRecord(p, sp if sp in _POLICIES else "", pct,
@@ -164,15 +174,21 @@ def aligned(a: str, b: str, mode: str, psl: PublicSuffixes) -> bool:
     return psl.organizational_domain(a) == psl.organizational_domain(b)
 
 
-def _fetch(lookup: Lookup, domain: str) -> tuple[Status, DmarcRecord | None, str]:
+_Fetched = tuple[Status, DmarcRecord | None, str, bool]  # ..., malformed (permerror)
+
+
+def _fetch(lookup: Lookup, domain: str) -> _Fetched:
     answer = lookup.query(f"_dmarc.{domain}", "TXT")
     if answer.status is not Status.FOUND:
-        return answer.status, None, answer.error
+        return answer.status, None, answer.error, False
     texts = [t.decode("ascii", "replace") for t in answer.texts()]
-    records = [r for r in (parse_record(t) for t in texts) if r is not None]
+    try:
+        records = [r for r in (parse_record(t) for t in texts) if r is not None]
+    except DmarcSyntaxError as e:
+        return Status.FOUND, None, f"malformed DMARC record: {e}", True
     if len(records) != 1:  # none, or several: no policy (RFC 7489 6.6.3)
-        return Status.NONE, None, f"{len(records)} DMARC records"
-    return Status.FOUND, records[0], ""
+        return Status.NONE, None, f"{len(records)} DMARC records", False
+    return Status.FOUND, records[0], "", False
 
 
 def _downgrade(policy: str) -> str:
@@ -196,11 +212,13 @@ def evaluate_dmarc(lookup: Lookup, from_domains: Sequence[str], spf: SpfCheck | 
                           reason="several From: domains")
     from_domain = distinct[0]
     org = psl.organizational_domain(from_domain)
-    status, record, error = _fetch(lookup, from_domain)
+    status, record, error, malformed = _fetch(lookup, from_domain)
     policy_domain = from_domain
     if status is Status.NONE and org and org != from_domain:
-        status, record, error = _fetch(lookup, org)
+        status, record, error, malformed = _fetch(lookup, org)
         policy_domain = org
+    if malformed:
+        return DmarcCheck(Result.PERMERROR, from_domain, policy_domain, reason=error)
     if status is Status.TEMPERROR:
         return DmarcCheck(Result.TEMPERROR, from_domain, policy_domain,
                           reason=f"DNS {error}")

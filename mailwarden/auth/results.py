@@ -56,6 +56,17 @@ class DmarcCheck:
 
 
 @dataclass(frozen=True)
+class SenderField:
+    """One From:, Sender: or Resent-From: field as a reader sees it (auth/mailbox.py)."""
+
+    name: str  # "From" | "Sender" | "Resent-From"
+    domain: str  # the domain of the one address, as written; "" when not parsable
+    display: str  # display name and comments (decoded), or the text around a bad address
+    parsed: bool  # exactly one address, read alike by both parsers
+    claimed: tuple[str, ...] = ()  # domains the field may be read as naming (lower case)
+
+
+@dataclass(frozen=True)
 class AuthResults:
     client_ip: str
     mail_from_domain: str  # "" for the null sender
@@ -63,6 +74,11 @@ class AuthResults:
     spf: SpfCheck | None = None
     dkim: tuple[DkimCheck, ...] = ()
     dmarc: DmarcCheck | None = None
+    senders: tuple[SenderField, ...] = ()  # From:, Sender:, Resent-From:, in order
+    duplicates: tuple[str, ...] = ()  # single-instance fields (RFC 5322 3.6) found twice
+    headers_complete: bool = True  # False: the header block was over the reading cap
+    dkim_skipped: str = ""  # why signatures were not verified (message over the size cap)
+    timed_out: str = ""  # the step that ran out of auth.budget ("" = finished in time)
 
     def summary(self) -> str:
         """ "spf=pass dkim=pass dmarc=none": a compact form for log lines."""

@@ -6,7 +6,14 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from mailwarden.auth.results import AuthResults, DkimCheck, DmarcCheck, Result, SpfCheck
+from mailwarden.auth.results import (
+    AuthResults,
+    DkimCheck,
+    DmarcCheck,
+    Result,
+    SenderField,
+    SpfCheck,
+)
 from mailwarden.rules import authentication as rule
 from mailwarden.rules.authentication import AuthRuleSettings
 from mailwarden.verdict import Action
@@ -41,6 +48,14 @@ class Case:
     dmarc: DmarcCheck | None = None
     expect: list[tuple[str, Action, bool]] = field(default_factory=list)  # rule, action, monitor
     settings: AuthRuleSettings = S
+    more: dict[str, object] = field(default_factory=dict)  # further AuthResults fields
+
+
+def sender(name: str, domain: str, display: str = "", parsed: bool = True,
+           claimed: tuple[str, ...] | None = None) -> SenderField:
+    if claimed is None:
+        claimed = (domain.lower(),) if domain else ()
+    return SenderField(name, domain, display, parsed, claimed)
 
 
 LOCAL = "ninhbinh.gov.vn"
@@ -70,8 +85,21 @@ CASES = [
          "esp.example", (LOCAL,), spf(P, "esp.example"), (dk(P, LOCAL),)),
     Case("signature of the parent domain vouches for a subdomain From:", "evil.example",
          ("skhcn." + LOCAL,), spf(P, "evil.example"), (dk(P, LOCAL),)),
-    Case("SPF pass of a subdomain envelope vouches for the parent From:", "skhcn." + LOCAL,
-         (LOCAL,), spf(P, "skhcn." + LOCAL)),
+    Case("SPF pass of a subdomain envelope does not vouch for the parent From:",
+         "skhcn." + LOCAL, (LOCAL,), spf(P, "skhcn." + LOCAL),
+         expect=[(rule.LOCAL_SPOOF, Action.REJECT, False)]),
+    Case("a sibling subdomain's DKIM pass does not vouch either", "evil.example",
+         ("skhcn." + LOCAL,), spf(P, "evil.example"), (dk(P, "stp." + LOCAL),),
+         expect=[(rule.LOCAL_SPOOF, Action.REJECT, False)]),
+    Case("subdomains vouch for the parent only when configured", "skhcn." + LOCAL,
+         (LOCAL,), spf(P, "skhcn." + LOCAL),
+         settings=replace(S, subdomains_vouch_for_parent=True)),
+    Case("strict alignment: the parent's signature does not vouch for a subdomain",
+         "evil.example", ("skhcn." + LOCAL,), spf(P, "evil.example"), (dk(P, LOCAL),),
+         expect=[(rule.LOCAL_SPOOF, Action.REJECT, False)],
+         settings=replace(S, strict_alignment=True)),
+    Case("strict alignment: the same domain vouches", LOCAL, (LOCAL,), spf(P, LOCAL),
+         settings=replace(S, strict_alignment=True)),
     Case("without subdomains a subdomain envelope is not ours at all", "skhcn." + LOCAL,
          ("skhcn." + LOCAL,), spf(F, "skhcn." + LOCAL),
          expect=[(rule.SPF_FAIL, Action.ACCEPT, False)],  # a foreign SPF fail, logged
@@ -81,11 +109,80 @@ CASES = [
     Case("DNS failure on our key lookup: defer", "evil.example", (LOCAL,),
          spf(P, "evil.example"), (dk(T, LOCAL),),
          expect=[(rule.DNS_TEMPERROR, Action.DEFER, False)]),
-    Case("DNS failure, on_dns_error = accept: logged", LOCAL, (LOCAL,), spf(T, LOCAL),
-         expect=[(rule.DNS_TEMPERROR, Action.ACCEPT, False)],
+    Case("DNS failure on our own domain, on_dns_error = accept: still deferred", LOCAL,
+         (LOCAL,), spf(T, LOCAL), expect=[(rule.DNS_TEMPERROR, Action.DEFER, False)],
          settings=replace(S, dns_error_defer=False)),
+    Case("our key lookup times out, on_dns_error = accept: still deferred", "evil.example",
+         (LOCAL,), spf(P, "evil.example"), (dk(T, LOCAL),),
+         expect=[(rule.DNS_TEMPERROR, Action.DEFER, False)],
+         settings=replace(S, dns_error_defer=False)),
+    Case("foreign DNS failure, on_dns_error = accept: logged", "example.org",
+         ("example.org",), spf(T, "example.org"),
+         expect=[(rule.DNS_TEMPERROR, Action.ACCEPT, False)],
+         settings=replace(S, dns_error_defer=False, spf_fail_reject=True)),
     Case("monitor mode logs the spoof without refusing", LOCAL, (LOCAL,), spf(F, LOCAL),
          expect=[(rule.LOCAL_SPOOF, Action.REJECT, True)], settings=replace(S, enforce=False)),
+    # -- what a reader sees (issue 14) ------------------------------------------
+    Case("display name shows our address on mail from outside", "evil.example", (),
+         spf(P, "evil.example"), more={"senders": (sender(
+             "From", "evil.example", "giamdoc@ninhbinh.gov.vn"),)},
+         expect=[(rule.DISPLAY_NAME, Action.REJECT, False)]),
+    Case("display name shows a look-alike of our domain", "evil.example", (),
+         spf(P, "evil.example"), more={"senders": (sender(
+             "From", "evil.example", "S\u1edf KHCN (n\u0456nhbinh.gov.vn)"),)},
+         expect=[(rule.DISPLAY_NAME, Action.REJECT, False)]),
+    Case("display name of a mailing list that rewrites From: is fine", "lists.example",
+         (), spf(P, "lists.example"), more={"senders": (sender(
+             "From", "lists.example", "Alice via Dept-List"),)}),
+    Case("our own address in our own display name: the spoof check decides", LOCAL,
+         (LOCAL,), spf(P, LOCAL), more={"senders": (sender(
+             "From", LOCAL, "giamdoc@ninhbinh.gov.vn"),)}),
+    Case("a From: that is not one address, refused by default", "evil.example", (),
+         spf(P, "evil.example"), more={"senders": (sender(
+             "From", "", parsed=False, claimed=("evil.example",)),)},
+         expect=[(rule.UNPARSABLE_FROM, Action.REJECT, False)]),
+    Case("unparsable From: only recorded when configured", "evil.example", (),
+         spf(P, "evil.example"), more={"senders": (sender(
+             "From", "", parsed=False, claimed=("evil.example",)),)},
+         expect=[(rule.UNPARSABLE_FROM, Action.ACCEPT, False)],
+         settings=replace(S, unparsable_reject=False)),
+    Case("unparsable From: naming our domain is also a spoof", "evil.example", (),
+         spf(P, "evil.example"), more={"senders": (sender(
+             "From", "", parsed=False, claimed=(LOCAL,)),)},
+         expect=[(rule.UNPARSABLE_FROM, Action.REJECT, False),
+                 (rule.LOCAL_SPOOF, Action.REJECT, False)]),
+    Case("header block over the cap: refused even when unparsable is only recorded",
+         "evil.example", (), spf(P, "evil.example"), more={"headers_complete": False},
+         expect=[(rule.UNPARSABLE_FROM, Action.REJECT, False)],
+         settings=replace(S, unparsable_reject=False)),
+    Case("look-alike sender domain refused", "evil.example", (), spf(P, "evil.example"),
+         more={"senders": (sender("From", "n\u0456nhbinh.gov.vn"),)},
+         expect=[(rule.LOOKALIKE, Action.REJECT, False)]),
+    Case("look-alike sender domain marked when configured", "evil.example", (),
+         spf(P, "evil.example"), more={"senders": (sender("From", "ninhbinh\u200b.gov.vn"),)},
+         expect=[(rule.LOOKALIKE, Action.ACCEPT, False)],
+         settings=replace(S, lookalike_reject=False)),
+    Case("Sender: with our address is checked", "evil.example", ("evil.example",),
+         spf(P, "evil.example"), more={"senders": (
+             sender("From", "evil.example"), sender("Sender", LOCAL))},
+         expect=[(rule.LOCAL_SPOOF, Action.REJECT, False)]),
+    Case("Resent-From: with our address is checked", "evil.example", ("evil.example",),
+         spf(P, "evil.example"), more={"senders": (
+             sender("From", "evil.example"), sender("Resent-From", LOCAL))},
+         expect=[(rule.LOCAL_SPOOF, Action.REJECT, False)]),
+    Case("duplicated Subject: on mail signed by us, replayed from outside", "evil.example",
+         (LOCAL,), spf(P, "evil.example"), (dk(P, LOCAL),),
+         more={"duplicates": ("subject", "to")},
+         expect=[(rule.DUPLICATE_HEADER, Action.REJECT, False)]),
+    Case("duplicated Subject: on foreign mail is its own business", "example.org",
+         ("example.org",), spf(P, "example.org"), more={"duplicates": ("subject",)}),
+    Case("out of time: deferred", "example.org", ("example.org",), spf(P, "example.org"),
+         (dk(T, "example.org"),), more={"timed_out": "dkim"},
+         expect=[(rule.TIMEOUT, Action.DEFER, False)]),
+    Case("out of time yet spoofed: the refusal comes first", "evil.example", (LOCAL,),
+         spf(P, "evil.example"), more={"timed_out": "dkim"},
+         expect=[(rule.LOCAL_SPOOF, Action.REJECT, False), (rule.TIMEOUT, Action.DEFER,
+                                                             False)]),
     # -- foreign domains -----------------------------------------------------
     Case("gmail.com with no records at all", "gmail.com", ("gmail.com",), spf(N, "gmail.com"),
          dmarc=dmarc(N, "gmail.com"),
@@ -142,7 +239,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_decide(case: Case) -> None:
-    r = AuthResults("203.0.113.5", case.mail_from, case.froms, case.spf, case.dkim, case.dmarc)
+    r = AuthResults("203.0.113.5", case.mail_from, case.froms, case.spf, case.dkim, case.dmarc,
+                    **case.more)  # type: ignore[arg-type]
     verdicts = rule.decide(r, case.settings)
     assert [(v.rule, v.action, v.monitor) for v in verdicts] == case.expect
     for v in verdicts:

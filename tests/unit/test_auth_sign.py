@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mailwarden.auth.dkim_sign import (
+    OVERSIGNED,
     DkimKeyError,
     DkimSignError,
     KeyRing,
@@ -265,10 +266,12 @@ def test_signature_header_set_and_canonicalization(keydir: Path) -> None:
     value = " ".join(field.value.split())
     assert "c=relaxed/relaxed;" in value and "a=rsa-sha256;" in value
     h = value.split(" h=")[1].split(";")[0].replace(" ", "").split(":")
-    # RFC 6376 5.4.1's fields that are present, From once more (over-signed);
-    # Received (SHOULD NOT) left out.
-    assert h == ["from", "to", "subject", "date", "message-id", "mime-version",
-                 "content-type", "from"]
+    # RFC 6376 5.4.1's fields that are present; then every field a reader relies on once
+    # more, present or absent (over-signed, RFC 6376 8.15); Received (SHOULD NOT) left out.
+    assert h[:7] == ["from", "to", "subject", "date", "message-id", "mime-version",
+                     "content-type"]
+    assert h[7:] == [n.decode() for n in OVERSIGNED]
+    assert "received" not in h
 
 
 def test_tampering_breaks_the_signature(keydir: Path) -> None:

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from mailwarden import failure
-from mailwarden.auth.results import AuthResults, DkimCheck, DmarcCheck, Result, SpfCheck
+from mailwarden.auth.results import (
+    AuthResults,
+    DkimCheck,
+    DmarcCheck,
+    Result,
+    SenderField,
+    SpfCheck,
+)
 from mailwarden.config import load_config
 from mailwarden.inspect import Finding, FindingKind, MessageModel
 from mailwarden.milter.evaluate import evaluate
@@ -133,6 +140,30 @@ SAMPLES: dict[str, tuple[Sample, Sample]] = {
         lambda: authentication.decide(_dmarc(Result.TEMPERROR), _auth_rules(
             **{"auth.dmarc_reject": True}).auth_rules),
         lambda: authentication.decide(_dmarc(Result.NONE), S.auth_rules)),
+    "auth.unparsable_from": (
+        lambda: authentication.decide(_auth(senders=(SenderField(
+            "From", "", '<"giamdoc@ninhbinh.gov.vn">', False, (LOCAL,)),)), S.auth_rules),
+        lambda: authentication.decide(_auth(senders=(SenderField(
+            "From", "example.org", "", True, ("example.org",)),)), S.auth_rules)),
+    "auth.display_name": (
+        lambda: authentication.decide(_auth(senders=(SenderField(
+            "From", "example.org", "giamdoc@ninhbinh.gov.vn", True, ("example.org",)),)),
+            S.auth_rules),
+        lambda: authentication.decide(_auth(senders=(SenderField(
+            "From", "example.org", "Alice via Dept-List", True, ("example.org",)),)),
+            S.auth_rules)),
+    "auth.lookalike": (
+        lambda: authentication.decide(_auth(senders=(SenderField(
+            "From", "n\u0456nhbinh.gov.vn", "", True, ("n\u0456nhbinh.gov.vn",)),)),
+            S.auth_rules),
+        lambda: authentication.decide(_auth(senders=(SenderField(
+            "From", "ninhthuan.gov.vn", "", True, ("ninhthuan.gov.vn",)),)), S.auth_rules)),
+    "auth.duplicate_header": (
+        lambda: authentication.decide(replace(SIGNED, duplicates=("subject",)), S.auth_rules),
+        lambda: authentication.decide(SIGNED, S.auth_rules)),
+    "auth.timeout": (
+        lambda: authentication.decide(_auth(timed_out="dkim"), S.auth_rules),
+        lambda: authentication.decide(_auth(), S.auth_rules)),
     # the budget (120s) runs out when each clock reading is a minute later
     "content.timeout": (lambda: _content(60.0), lambda: _content(0.001)),
     "internal.error": (lambda: [failure.internal_error(RuntimeError("x"), "defer")],
