@@ -165,7 +165,9 @@ def _test_hook(hook: str, message: BinaryIO) -> None:
     environment (tests/faults): a message whose Subject holds the trigger misbehaves."""
     head = message.read(8192)
     message.seek(0)
-    if b"X-Test-Worker: sleep" in head:
+    if b"X-Test-Worker: nap" in head:
+        time.sleep(2)
+    elif b"X-Test-Worker: sleep" in head:
         time.sleep(3600)
     elif b"X-Test-Worker: spin" in head:
         while True:
@@ -295,10 +297,17 @@ class WorkerPool:
                 cancelled: Callable[[], bool] = lambda: False) -> Analysis | WorkerFailure:
         """Run `analyse` for `message` in a worker, by `deadline` (time.monotonic)."""
         deadline = min(deadline, time.monotonic() + self.limits.timeout_s)
-        try:
-            w = self.idle.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            return WorkerFailure("no-worker", "no free worker process in time")
+        while True:
+            try:
+                w = self.idle.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return WorkerFailure("no-worker", "no free worker process in time")
+            if w.proc.poll() is None:
+                break
+            # Died while idle (killed, OOM killer): replaced; this message takes another.
+            log.warning("%s", logs.note("idle worker process had died", pid=w.pid,
+                                        status=str(w.proc.returncode)))
+            self._replace(w, "died-idle")
         job = {"envelope": envelope or Envelope(), "deadline": deadline,
                "auth": authenticate, "fd": False, "data": b""}
         fd = _spool_fd(message)
