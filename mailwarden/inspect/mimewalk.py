@@ -725,7 +725,7 @@ class _Walker:
             detected = "empty"
             if size:
                 detected = self._inspect(body, size, display)
-                if main.startswith("text/") and detected == "text":
+                if main.startswith("text/") and detected in ("text", "unknown"):
                     self._scan_text(body, display)
             if twice:
                 self._second_reading(lines, stack, headers, start, display)

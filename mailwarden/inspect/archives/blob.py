@@ -141,7 +141,7 @@ def sniff_far(head: bytes, f: IO[bytes] | None, size: int) -> Sniffed:
     """`sniff`, following a DOS header's e_lfanew past the sniff window
     (Windows loads a PE whose header sits anywhere in the file)."""
     s = sniff(head)
-    if s.executable or head[:2] not in (b"MZ", b"ZM") or len(head) < 64:
+    if (s.executable and s.kind != "mz") or head[:2] not in (b"MZ", b"ZM") or len(head) < 64:
         return s
     e_lfanew = struct.unpack_from("<I", head, 0x3C)[0]
     if e_lfanew + 26 <= len(head) or e_lfanew < 0x40 or f is None:
