@@ -191,6 +191,10 @@ def sniff(head: bytes) -> Sniffed:
         return Sniffed("xz")
     if head[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1":
         return Sniffed("ole")
+    if head[:8] == b"MSCF\0\0\0\0":
+        return Sniffed("cab")
+    if head[:4] == b"\x78\x9f\x3e\x22":  # TNEF (winmail.dat), [MS-OXTNEF] 2.1.3.1
+        return Sniffed("tnef")
     if len(head) >= 512 and (head[257:262] == b"ustar" or _tar_checksum_ok(head[:512])):
         return Sniffed("tar")
     if b"%PDF-" in head[:1024]:  # readers accept the header anywhere in the first KiB
@@ -207,10 +211,6 @@ def sniff(head: bytes) -> Sniffed:
         return Sniffed("webp")
     if head[:5] == b"{\\rtf":
         return Sniffed("rtf")
-    if head[:8] == b"MSCF\0\0\0\0":
-        return Sniffed("cab")
-    if head[:4] == b"\x78\x9f\x3e\x22":  # TNEF (winmail.dat), [MS-OXTNEF] 2.1.3.1
-        return Sniffed("tnef")
     if head[:4] == b"\x28\xb5\x2f\xfd":
         return Sniffed("zstd")
     sample = head[:4096]

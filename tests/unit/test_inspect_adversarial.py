@@ -295,6 +295,14 @@ def test_class2_tnef_with_an_executable() -> None:
     assert {"pe32"} <= tokens(model), model.findings
 
 
+def test_class2_tnef_that_looks_like_a_pdf() -> None:
+    # "%PDF-" in the first KiB makes a file a PDF for readers; TNEF's magic at
+    # offset 0 must still win, or the executable inside is never looked at.
+    data = tnef([("a.pdf", b"%PDF-1.4\n"), ("b.pdf", clam_exe())])
+    model = check_message(mime_message([attachment(data, "winmail.dat")]))
+    assert "pe32" in tokens(model)
+
+
 def test_class2_tnef_executable_by_long_name_only() -> None:
     data = tnef([("setup.exe", b"not really")])
     model = check_message(mime_message([attachment(data, "winmail.dat")]))

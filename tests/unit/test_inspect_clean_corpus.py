@@ -154,7 +154,8 @@ def vietnamese_names() -> bytes:
         attachment(docx_full(), "=?UTF-8?B?VMOgaSBsaeG7h3UgaOG7jXAuZG9jeA==?="),
         attachment(xlsx_full(), "=?utf-8?Q?B=E1=BA=A3ng_l=C6=B0=C6=A1ng.xlsx?="),
         attachment(JPEG + noise(5000), None, disposition_params=(
-            ";\r\n filename*0*=utf-8''%E1%BA%A2nh%20h%E1%BB%99i;\r\n filename*1=\" ngh%E1%BB%8B.jpg\"")),
+            ";\r\n filename*0*=utf-8''%E1%BA%A2nh%20h%E1%BB%99i;"
+            "\r\n filename*1=\" ngh%E1%BB%8B.jpg\"")),
     ])
 
 
