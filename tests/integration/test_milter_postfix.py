@@ -274,7 +274,11 @@ def test_check_command_explains_a_verdict_offline(milter_stack: MilterStack,
     verdict = json.loads(out.stdout)
     assert verdict["action"] == "reject" and verdict["reply"].startswith("550 5.7.1")
     rules = {r["rule"] for r in verdict["reasons"]}
-    assert rules == {"attachment.executable", "av.infected"}
+    assert rules == {"attachment.executable"}  # decide once: refused, so clamd is not asked
+    virus = tmp_path / "virus.eml"
+    virus.write_bytes(message(("eicar.txt", "text/plain", eicar_bytes())))
+    out = milter_stack.check(virus, "--json")
+    assert {r["rule"] for r in json.loads(out.stdout)["reasons"]} == {"av.infected"}
     good = tmp_path / "good.eml"
     good.write_bytes(message(("a.pdf", "application/pdf", b"%PDF-1.4\n%%EOF\n")))
     ok = milter_stack.check(good)
