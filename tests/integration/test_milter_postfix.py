@@ -281,7 +281,7 @@ def test_check_command_explains_a_verdict_offline(milter_stack: MilterStack,
     assert {r["rule"] for r in json.loads(out.stdout)["reasons"]} == {"av.infected"}
     good = tmp_path / "good.eml"
     good.write_bytes(message(("a.pdf", "application/pdf", b"%PDF-1.4\n%%EOF\n")))
-    ok = milter_stack.check(good)
+    ok = milter_stack.check(good, "--sasl-user", ALICE)
     assert ok.returncode == 0 and ok.stdout.startswith("accept"), ok.stdout
     missing = milter_stack.check(tmp_path / "nope.eml")
     assert missing.returncode == 2
