@@ -31,8 +31,19 @@ $(VENV)/.installed: setup.cfg pyproject.toml | deps
 
 venv: $(VENV)/.installed
 
+# `make test` (what CI runs) = the default pytest run, then the fault suite (about 3
+# minutes; with PYTEST_ARGS given, only the default run).
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+ifeq ($(strip $(PYTEST_ARGS)),)
+	$(MAKE) --no-print-directory test-faults
+endif
+
+# The fault suite (tests/faults, marker `faults`, not in the default pytest run): real
+# Postfix, Redis, clamd and both daemons under load, one fault per row; prints its table.
+.PHONY: test-faults
+test-faults: venv
+	$(PY) -m pytest tests/faults
 
 run: venv
 	$(PY) -m harness
