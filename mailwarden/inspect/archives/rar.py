@@ -7,10 +7,10 @@ block layout. Every block (file, service, anything) charges the budget's
 object count and clock: an archive of a hundred thousand tiny service
 headers ends in "object-limit", not in a minute of CPU.
 
-Stored members are sniffed as they are; compressed ones are sniffed through
-libarchive when it is installed (see docs/decisions/archive-listing.md),
-otherwise their names only are checked and ClamAV (which unpacks RAR) is the
-second reader.
+Stored members are sniffed as they are; compressed ones through libarchive
+(viaarchive.py, after this walk has bounded the headers; see
+docs/decisions/archive-listing.md). Without libarchive their names only are
+checked and ClamAV (which unpacks RAR) is the second reader.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from mailwarden.inspect import FindingKind
+from mailwarden.inspect.archives import viaarchive
 from mailwarden.inspect.archives.blob import given, member_safely, walker
 from mailwarden.inspect.archives.budget import (
     Budget,
@@ -224,6 +225,7 @@ def walk_rar(ctx: Context, f: IO[bytes], size: int, path: str, depth: int) -> st
     entries = rar5_entries(f, size, tick) if kind == "rar5" else rar4_entries(f, size, tick)
     content = True
     encrypted: list[str] = []
+    compressed: list[str] = []
     for entry in entries:
         if isinstance(entry, RarHeaderEncrypted):
             ctx.add(FindingKind.ENCRYPTED_ARCHIVE, path, f"{kind}-encrypted-header",
@@ -241,17 +243,21 @@ def walk_rar(ctx: Context, f: IO[bytes], size: int, path: str, depth: int) -> st
             content = False
         opener = given(None)
         if content and not entry.encrypted:
-            opener = given(_member_reader(ctx, f, entry))
+            if entry.stored:
+                opener = given(_stored_reader(f, entry))
+            else:
+                compressed.append(entry.name)
         member_safely(ctx, path, entry.name, depth, opener)
+    if compressed:
+        # RAR's own compression: libarchive decodes it (unrar is not in Debian main).
+        viaarchive.sniff_members(ctx, f, size, path, depth, compressed)
     if encrypted:
         ctx.add(FindingKind.ENCRYPTED_ARCHIVE, path, f"{kind}-encrypted",
                 f"{len(encrypted)} encrypted entries, first {encrypted[0]!r}")
     return kind
 
 
-def _member_reader(ctx: Context, f: IO[bytes], entry: RarEntry) -> Reader | None:
-    if entry.stored:
-        # Stored members are readable as they are: the larger of the two sizes,
-        # so a header declaring fewer bytes than the data area does not hide any.
-        return FileView(f, entry.data_offset, max(entry.packed, entry.unpacked))
-    return None
+def _stored_reader(f: IO[bytes], entry: RarEntry) -> Reader:
+    # Stored members are readable as they are: the larger of the two sizes,
+    # so a header declaring fewer bytes than the data area does not hide any.
+    return FileView(f, entry.data_offset, max(entry.packed, entry.unpacked))

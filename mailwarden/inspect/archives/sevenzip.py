@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from mailwarden.inspect import FindingKind
+from mailwarden.inspect.archives import viaarchive
 from mailwarden.inspect.archives.blob import given, member_safely, walker
 from mailwarden.inspect.archives.budget import (
     CORRUPT_ERRORS,
@@ -461,6 +462,7 @@ def _walk_header(ctx: Context, f: IO[bytes], header: bytes, path: str, depth: in
             check_name(ctx, fi.name, f"{path}/{fi.name}")
     offsets = _pack_offsets(st) if st.folders else []
     streams = iter(with_stream)
+    via: list[str] = []
     for folder, (offset, packed), sizes in zip(st.folders, offsets, st.substreams, strict=True):
         members = [next(streams, None) for _ in sizes]
         reader: Reader | str | None = None
@@ -470,9 +472,9 @@ def _walk_header(ctx: Context, f: IO[bytes], header: bytes, path: str, depth: in
             except CORRUPT_ERRORS as exc:
                 ctx.add(FindingKind.UNINSPECTABLE, path, "corrupt-archive", describe(exc))
         if isinstance(reader, str):
-            first = next((m.name for m in members if m), "")
-            ctx.add(FindingKind.UNINSPECTABLE, f"{path}/{first}", "unsupported-method", reader)
-            reader = None
+            # A coder we do not decode (PPMd, BCJ2, ARM64, ...): libarchive does.
+            via += [m.name for m in members if m is not None]
+            continue
         counted = Counted(reader, ctx.budget) if reader is not None else None
         for member, member_size in zip(members, sizes, strict=True):
             ctx.budget.check_time()
@@ -494,6 +496,15 @@ def _walk_header(ctx: Context, f: IO[bytes], header: bytes, path: str, depth: in
                 ctx.add(FindingKind.UNINSPECTABLE, f"{path}/{member.name}", "corrupt-archive",
                         describe(exc))
                 counted = None
+    if via:
+        for name in via:
+            check_name(ctx, name, f"{path}/{name}")
+        if viaarchive.available():
+            f.seek(0, 2)
+            viaarchive.sniff_members(ctx, f, f.tell(), path, depth, via)
+        else:
+            ctx.add(FindingKind.UNINSPECTABLE, f"{path}/{via[0]}", "unsupported-method",
+                    "7z coder not decoded here, and libarchive is not installed")
     leftover = list(streams)
     if leftover:
         inconsistent(ctx, path, f"{len(leftover)} files with data beyond the folders' streams")
