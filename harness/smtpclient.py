@@ -40,7 +40,8 @@ def _reply(code: int, text: bytes | str) -> tuple[int, str]:
 def send(port: int, sender: str, recipients: Sequence[str], message: bytes | None, *,
          login: str | None = None, client_addr: str = "10.20.30.40",
          client_name: str = "pc1.test", helo: str = "pc1.test",
-         mail_options: Sequence[str] = (), timeout: float = 60.0) -> Transaction:
+         mail_options: Sequence[str] = (), timeout: float = 60.0,
+         source_addr: str = "") -> Transaction:
     """One SMTP transaction on 127.0.0.1:port.
 
     login=None: no XCLIENT (the session comes from 127.0.0.1, inside mynetworks).
@@ -49,10 +50,13 @@ def send(port: int, sender: str, recipients: Sequence[str], message: bytes | Non
     message=None: only MAIL and RCPT are sent (then RSET): a probe of the RCPT-stage
     answers that delivers nothing. `mail_options` go on MAIL FROM (e.g. "BODY=8BITMIME",
     "SMTPUTF8"). The message bytes are sent as given (smtplib dot-stuffs them and turns
-    bare LF into CRLF).
+    bare LF into CRLF). `source_addr` (e.g. "127.0.0.2") binds the client socket: a peer
+    other than 127.0.0.1 gets Postfix's remote header-rewrite context, as an outside
+    client would (POSTFIX-FACTS.md, "Testing as an attacker").
     """
     t = Transaction()
-    with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as s:
+    source = (source_addr, 0) if source_addr else None
+    with smtplib.SMTP("127.0.0.1", port, timeout=timeout, source_address=source) as s:
         try:
             s.ehlo(helo)
             if login is not None:
