@@ -110,6 +110,9 @@ class _FakeStore:
     async def reserve(self, *a: object, **kw: object) -> object:
         return self.result
 
+    async def wait_replicas(self) -> tuple[int, int]:
+        return 0, 0  # no replicas
+
 
 def test_over_limit_and_lock_is_one_line(caplog: pytest.LogCaptureFixture,
                                          tmp_path: Path) -> None:
