@@ -40,6 +40,7 @@ from mailwarden.addresses import (
     routed_domains,
     split_address,
 )
+from mailwarden.auth.mailbox import decode_words, parse_mailbox
 from mailwarden.verdict import Verdict, accept, monitored, reject, reply_safe, rule_id
 
 EXTERNAL_AUTO = rule_id("forward.external_auto")
@@ -187,8 +188,28 @@ def parse_orcpt(param: str) -> str:
 
 
 # -- evidence -----------------------------------------------------------------------------
+# A token of a header value that may hold an address: quoted strings kept whole
+# ("john doe"@example.org), separated by whitespace, commas, semicolons, angle brackets.
+_TOKEN = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^\s,;<>"])+')
+
+
 def addresses_in(value: str) -> list[str]:
-    return [m.group(1) for m in _ADDRESS.finditer(value[:_MAX_VALUE])][:_MAX_ADDRESSES]
+    """The addresses a header value names, read by THE strict mailbox parser
+    (auth/mailbox.py): encoded words decoded first, quoted local parts, IDN domains and
+    local parts of any length included. A token with an "@" the parser refuses is kept as
+    written (classified as it stands: never dropped), and the older pattern's finds
+    are added, so nothing it saw is lost."""
+    text = decode_words(value[:_MAX_VALUE])
+    out: list[str] = []
+    for m in _TOKEN.finditer(text):
+        token = m.group(0)
+        if "@" not in token:
+            continue
+        box = parse_mailbox(token)
+        out.append(box.address if box is not None else token.strip(".:()[]'"))
+    for m in _ADDRESS.finditer(text):
+        out.append(m.group(1))
+    return list(dict.fromkeys(out))[:_MAX_ADDRESSES]
 
 
 def _decoded(value: str) -> str:
@@ -380,9 +401,14 @@ def _envelope_signals(found: _Found, inp: ForwardInputs, env: _Envelope,
 
     # The recipient was rewritten (virtual alias, .forward, aliases) from a local mailbox
     # to a private one: Postfix's smtp client sends the pre-rewrite address as ORCPT.
+    bounce = _is_bounce(inp)
     for rcpt, orcpt in zip(inp.recipients, inp.original_recipients, strict=False):
         if not orcpt or orcpt.lower() == rcpt.lower() or \
                 s.classify(rcpt) is not AddressClass.PRIVATE:
+            continue
+        if bounce and srs_reversed(orcpt, s) == rcpt.lower():
+            # A bounce of mail we forwarded, returned through our SRS address to the
+            # original sender: the sender must learn of the failure (issue 14).
             continue
         if s.classify(orcpt) is AddressClass.LOCAL:
             found.add(Signal("rewritten-recipient", Confidence.HIGH, Direction.OUTBOUND,
@@ -390,6 +416,32 @@ def _envelope_signals(found: _Found, inp: ForwardInputs, env: _Envelope,
         else:  # rewritten, but the original address we were given is not ours
             found.add(Signal("rewritten-recipient", Confidence.MEDIUM, Direction.OUTBOUND,
                              note="orcpt-not-local"))
+
+
+def _is_bounce(inp: ForwardInputs) -> bool:
+    """A delivery status notification: null sender, or a multipart/report (RFC 6522)."""
+    if not inp.mail_from.strip().strip("<>"):
+        return True
+    return any(n.strip().lower() == "content-type" and
+               v.strip().lower().startswith("multipart/report") for n, v in inp.headers)
+
+
+def srs_reversed(address: str, s: ForwardSettings) -> str:
+    """The original address an SRS address of ours stands for ("" when it is not one):
+    SRS0=HASH=TT=domain=local@ours, SRS1=HASH=fwd==HASH=TT=domain=local@ours."""
+    local, domain = split_address(address)
+    if not domain or not _SRS.match(local) or not s.is_ours_srs(domain):
+        return ""
+    tail = local
+    if local[:4].upper() == "SRS1":
+        _, sep, rest = local.partition("==")
+        if not sep:
+            return ""
+        tail = "SRS0=" + rest
+    parts = tail.split("=", 4)  # SRS0, hash, tt, domain, local
+    if len(parts) != 5 or not parts[3] or not parts[4]:
+        return ""
+    return f"{parts[4]}@{parts[3]}".lower()
 
 
 def _local_mailbox(inp: ForwardInputs, found: _Found, s: ForwardSettings) -> str:
