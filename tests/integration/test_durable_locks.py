@@ -129,3 +129,47 @@ def test_daemon_restarted_while_redis_is_down_keeps_its_locks(
     wait_until(lambda: ALICE in locked_accounts(a.config), 30, "the lock restored")
     restored = [e for e in audit(a.config) if e["action"] == "restore"]
     assert [e["source"] for e in restored] == ["snapshot"], restored
+
+
+def test_new_lock_waits_for_the_replica_bounded(tmp_path: Path) -> None:
+    """redis.replica_wait: after a lock, WAIT until the replica has it; a replica that
+    does not answer (frozen) costs at most the bound, and the lock stands."""
+    import asyncio
+    import os
+    import signal
+    import time
+
+    from mailwarden.store.redis_store import RedisStore
+
+    master = RedisInstance(tmp_path / "master", tcp=True).start()
+    replica = RedisInstance(tmp_path / "replica", tcp=True, extra_args=(
+        "--replicaof", "127.0.0.1", str(master.port))).start()
+    try:
+        async def role_up(store: RedisStore) -> bool:
+            return bool((await store.client.execute_command("ROLE"))[2])
+
+        async def go() -> tuple[tuple[int, int], tuple[int, int], float, bool]:
+            store = RedisStore(master.url, replica_wait_s=0.3, timeout_s=1.0)
+            t0 = time.monotonic()
+            while not await role_up(store) and time.monotonic() - t0 < 30:
+                await asyncio.sleep(0.05)
+            await store.lock(ALICE, reason="virus", by="ops", now=time.time())
+            acked = await store.wait_replicas()
+            os.kill(replica.pid, signal.SIGSTOP)
+            try:
+                await store.lock(BOB, reason="virus", by="ops", now=time.time())
+                t1 = time.monotonic()
+                frozen = await store.wait_replicas()
+                took = time.monotonic() - t1
+            finally:
+                os.kill(replica.pid, signal.SIGCONT)
+            held = await store.get_lock(BOB) is not None
+            await store.close()
+            return acked, frozen, took, held
+
+        acked, frozen, took, held = asyncio.run(go())
+        assert acked == (1, 1)
+        assert frozen == (0, 1) and took < 5.0 and held
+    finally:
+        replica.stop()
+        master.stop()
