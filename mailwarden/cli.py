@@ -122,6 +122,27 @@ def cmd_milter(args: argparse.Namespace, cfg: Config) -> int:
     return _run_daemon(args, cfg, "milter", lambda: app.run(cfg))
 
 
+def cmd_notifier(args: argparse.Namespace, cfg: Config) -> int:
+    from mailwarden.notify import daemon
+
+    return _run_daemon(args, cfg, "notifier", lambda: daemon.run(_settings(cfg)))
+
+
+def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
+    from mailwarden.ops import command
+
+    return command.report(args, _settings(cfg), lambda: _with_store(
+        cfg, lambda st: st.audit(100_000)))
+
+
+def cmd_health(args: argparse.Namespace, cfg: Config) -> int:
+    from mailwarden.ops import health
+
+    status, line = health.run(_settings(cfg), tuple(args.skip or ()))
+    print(line)
+    return status
+
+
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     """Offline: the milter's verdict on FILE.eml, with every reason (the same engine,
     authentication included: give --client-addr/--helo as the milter would see them)."""
@@ -367,6 +388,33 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--pidfile", help="with --daemon (default /run/mailwarden/milter.pid)")
     m.add_argument("--log-file", help="with --daemon, when not logging to syslog")
 
+    n = sub.add_parser("notifier", help="run the lock notifier in the foreground (mails lock "
+                       "and unlock events of the audit stream)")
+    n.add_argument("--daemon", action="store_true", help="detach (hosts without systemd)")
+    n.add_argument("--pidfile", help="with --daemon (default /run/mailwarden/notifier.pid)")
+    n.add_argument("--log-file", help="with --daemon, when not logging to syslog")
+
+    r = sub.add_parser("report", help="refusals, tempfails, locks and unlocks of a period "
+                       "(from the mail log and the audit stream)")
+    r.add_argument("--log", action="append", metavar="FILE",
+                   help="mail log to read (repeat; .gz too; - = stdin); default "
+                   "report.log_files")
+    r.add_argument("--since", default="24h", metavar="DURATION",
+                   help="how far back (default 24h)")
+    r.add_argument("--until", metavar="EPOCH|ISO", help="end of the period (default now)")
+    r.add_argument("--year", type=int, help="year of syslog time stamps without one "
+                   "(default: this year)")
+    fmt = r.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    fmt.add_argument("--mail", action="store_true", help="mail the text report to "
+                     "notifier.admins through notifier.smtp (the systemd timer)")
+
+    h = sub.add_parser("health", help="Nagios-style check: exit 0 OK, 1 warning, 2 critical")
+    h.add_argument("--skip", action="append", metavar="CHECK",
+                   choices=("redis", "clamd", "policyd", "milter", "notifier"),
+                   help="leave a check out (repeat), e.g. on a host without the milter")
+
     k = sub.add_parser("check", help="the milter's verdict on a message file, offline "
                        "(exit 0 accepted, 1 refused, 2 usage/config error)")
     k.add_argument("file", metavar="FILE.eml")
@@ -424,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "policyd": cmd_policyd, "milter": cmd_milter, "check": cmd_check, "locks": cmd_locks,
     "lock": cmd_lock, "unlock": cmd_unlock, "status": cmd_status, "audit": cmd_audit,
-    "forwarding": cmd_forwarding, "dkim": cmd_dkim,
+    "forwarding": cmd_forwarding, "dkim": cmd_dkim, "notifier": cmd_notifier,
+    "report": cmd_report, "health": cmd_health,
 }
 
 

@@ -113,6 +113,28 @@ def _auth_check(name: str) -> Check:
     return check
 
 
+def _metrics_listen(v: Any) -> None:
+    """Empty (off) or inet:HOST:PORT on loopback: the metrics say who is locked."""
+    if v == "":
+        return
+    where = parse_listen(v)
+    if where.family != "inet":
+        raise ValueError(f"{v!r}: metrics are served over HTTP: inet:127.0.0.1:PORT")
+    try:
+        loopback = ipaddress.ip_address(where.host).is_loopback
+    except ValueError:
+        loopback = where.host == "localhost"
+    if not loopback:
+        raise ValueError(f"{v!r}: a loopback address (scrape through a proxy or an SSH "
+                         "tunnel, or run Prometheus on this host)")
+
+
+def _addresses(v: Any) -> None:
+    for item in v:
+        if not isinstance(item, str) or "@" not in item or any(c in item for c in "<>, \r\n"):
+            raise ValueError(f"{item!r}: expected a bare mail address like ops@example.org")
+
+
 def _not_negative(v: Any) -> None:
     if v < 0:
         raise ValueError("must be 0 or more")
@@ -225,6 +247,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("policyd.shutdown_grace", "duration", 10.0,
         "On SIGTERM, how long requests in flight may take to finish (the systemd unit's "
         "TimeoutStopSec is above it).", _positive),
+    Key("policyd.metrics_listen", "str", "",
+        "Prometheus metrics over HTTP (GET /metrics) at inet:127.0.0.1:PORT; empty = off "
+        "(docs/operations.md).", _metrics_listen, example='"inet:127.0.0.1:9431"'),
     # -- milter -------------------------------------------------------------
     Key("milter.listen", "str", "inet:127.0.0.1:8899",
         "Where the milter listens, in Postfix notation (the string for smtpd_milters): "
@@ -246,6 +271,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("milter.release_on_refusal", "bool", True,
         "When the milter refuses a message of one of our senders at end of data, uncount "
         "it from the rate window (needs [redis]; see docs/policyd.md)."),
+    Key("milter.metrics_listen", "str", "",
+        "Prometheus metrics over HTTP (GET /metrics) at inet:127.0.0.1:PORT, summed over "
+        "the worker processes; empty = off (docs/operations.md).", _metrics_listen,
+        example='"inet:127.0.0.1:9432"'),
     # -- attachments --------------------------------------------------------
     Key("attachments.mode", "str", "enforce",
         "enforce = refuse; monitor = log what would be refused, accept.",
@@ -391,6 +420,51 @@ SCHEMA: tuple[Key, ...] = (
         "After a new lock, wait this long at most for every connected replica to have it "
         "(WAIT), so a failover keeps it; capped at 0.8 x redis.timeout; 0 = never wait.",
         _not_negative),
+    # -- notifier -----------------------------------------------------------
+    Key("notifier.smtp", "str", "inet:127.0.0.1:25",
+        "The local MTA the lock notifications are handed to (`mailwarden notifier`), "
+        "inet:HOST:PORT. The envelope sender is the null sender <>, which no lock can "
+        "block and which never bounces back.", _listen),
+    Key("notifier.from", "str", "",
+        "The From: header of notifications; empty = postmaster@ the first local domain.",
+        example='"postmaster@ninhbinh.gov.vn"'),
+    Key("notifier.admins", "list", [],
+        "Administrators who get every lock notification (and the daily report).",
+        _addresses, example='["quantri@ninhbinh.gov.vn"]'),
+    Key("notifier.notify_owner", "bool", True,
+        "Also mail the locked account itself (at lock and at unlock)."),
+    Key("notifier.templates", "str", "",
+        "Directory with lock.txt and unlock.txt; empty = the shipped ones "
+        "(/etc/mailwarden/notify).", example='"/etc/mailwarden/notify"'),
+    Key("notifier.timeout", "duration", 30.0, "One SMTP conversation with notifier.smtp.",
+        _positive),
+    Key("notifier.retry_min", "duration", 10.0,
+        "First wait after a failed send; doubled per failure up to notifier.retry_max. "
+        "Events stay pending in the audit stream's consumer group until sent.", _positive),
+    Key("notifier.retry_max", "duration", 600.0, "Longest wait between two tries.",
+        _positive),
+    Key("notifier.claim_after", "duration", 300.0,
+        "An event another notifier took and has not confirmed for this long (it died) is "
+        "taken over.", _positive),
+    Key("notifier.consumer", "str", "",
+        "This notifier's name in the consumer group; empty = the host name (several "
+        "hosts: each its own)."),
+    Key("notifier.metrics_listen", "str", "",
+        "Prometheus metrics of the notifier at inet:127.0.0.1:PORT; empty = off.",
+        _metrics_listen, example='"inet:127.0.0.1:9433"'),
+    # -- health -------------------------------------------------------------
+    Key("health.backlog_warning", "int", 5,
+        "`mailwarden health`: lock events waiting for notification at which it warns.",
+        _positive),
+    Key("health.backlog_critical", "int", 50,
+        "`mailwarden health`: ... at which it is critical.", _positive),
+    Key("health.timeout", "duration", 5.0, "Each check's time limit.", _positive),
+    # -- report -------------------------------------------------------------
+    Key("report.log_files", "list", ["/var/log/mail.log"],
+        "Mail logs `mailwarden report` reads decision lines from (plain or .gz); `--log` "
+        "overrides (`-` = standard input, e.g. from journalctl).", _strings),
+    Key("report.top", "int", 10, "Senders and recipients listed in the report's tops.",
+        _positive),
     # -- logging ------------------------------------------------------------
     Key("logging.level", "str", "info", "debug, info, warning or error.",
         _choices("debug", "info", "warning", "error")),

@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import re
 import sys
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 MAX_VALUE = 512  # longest value (in characters, before escaping) written to a log line
 MAX_LINE = 4096  # longest decision line; the logger's own prefix comes on top
@@ -175,6 +178,77 @@ def note(text: str, **values: str | int | float) -> str:
     that failed, ...): `text` is fixed text from the code, the rest escaped values."""
     return _fit(escape(text, _NAME_LIMIT), [" " + _kv(k, str(v)) for k, v in values.items()],
                 "", MAX_LINE)
+
+
+# -- reading decision lines back (`mailwarden report`) --------------------------------
+_DECISION_RE = re.compile(
+    r"mailwarden/(?P<daemon>[A-Za-z-]+)\[\d+\]: (?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL): )?"
+    r"(?P<queue_id>[^\s:]+): (?P<action>[a-z-]+): (?P<stage>[A-Z-]+) from "
+    r"(?P<client>\S*)\[(?P<addr>[^\]\s]*)\]: rule=(?P<rule>[^\s;]+)(?P<rest>.*)$")
+# An address is written <...> with only quotes, backslashes and non-printables escaped,
+# so a ">" may sit inside one: a field ends where the next " key=" (or the end) begins.
+_FROM_RE = re.compile(r"; from=<(?P<v>.*?)>(?= to=| [a-z_]+=|$)")
+_TO_RE = re.compile(r" to=<(?P<v>.*?)>(?:\(\+(?P<more>\d+)\))?(?= [a-z_]+=|$)")
+_ARTICLE_RE = re.compile(r' article="(?P<v>(?:[^"\\]|\\.)*)"')
+_ISO_TIME_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2})")
+_SYSLOG_TIME_RE = re.compile(r"^([A-Z][a-z]{2}) +(\d{1,2}) (\d{2}:\d{2}:\d{2}) ")
+_MONTHS = {m: i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision line read back from a log (the inverse of decision_line)."""
+
+    when: float | None  # epoch seconds from the log's own time stamp, UTC; None = none
+    daemon: str  # policyd | milter
+    queue_id: str  # "NOQUEUE" when there was none
+    action: str  # reject, defer, monitor, accept, accept-unchecked, ...
+    stage: str
+    rule: str
+    sender: str
+    recipients: tuple[str, ...]
+    more_recipients: int  # "(+N)": recipients not named in the line
+    article: str
+
+
+def _unescape(value: str) -> str:
+    return value.encode("latin-1", "backslashreplace").decode("unicode_escape",
+                                                              "replace")
+
+
+def line_time(line: str, year: int) -> float | None:
+    """The time stamp a log line starts with (ISO from our stderr format or RFC 3339
+    syslog, or traditional syslog "Nov 30 08:00:00" in `year`), read as this host's
+    local time (as both are written), in epoch seconds."""
+    m = _ISO_TIME_RE.match(line)
+    if m:
+        return time.mktime(time.strptime(f"{m.group(1)} {m.group(2)}", "%Y-%m-%d %H:%M:%S"))
+    m = _SYSLOG_TIME_RE.match(line)
+    if m and m.group(1) in _MONTHS:
+        return time.mktime(time.strptime(
+            f"{year}-{_MONTHS[m.group(1)]}-{m.group(2)} {m.group(3)}", "%Y-%m-%d %H:%M:%S"))
+    return None
+
+
+def parse_decision_line(line: str, year: int | None = None) -> Decision | None:
+    """A mailwarden decision line (with whatever prefix syslog or journald put before
+    `mailwarden/DAEMON[PID]: `) -> Decision; None for any other line."""
+    m = _DECISION_RE.search(line)
+    if m is None:
+        return None
+    rest = m.group("rest")
+    f = _FROM_RE.search(rest)
+    to = _TO_RE.search(rest)
+    art = _ARTICLE_RE.search(rest)
+    rcpts = tuple(_unescape(r) for r in to.group("v").split(">,<")) if to else ()
+    return Decision(
+        when=line_time(line, year or time.gmtime().tm_year),
+        daemon=m.group("daemon"), queue_id=m.group("queue_id"), action=m.group("action"),
+        stage=m.group("stage"), rule=m.group("rule"),
+        sender=_unescape(f.group("v")) if f else "", recipients=rcpts,
+        more_recipients=int(to.group("more") or 0) if to else 0,
+        article=_unescape(art.group("v")) if art else "")
 
 
 def setup_logging(daemon: str, level: str = "info", use_syslog: bool = False,

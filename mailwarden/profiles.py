@@ -43,6 +43,7 @@ class Profile:
     antivirus_article: str
     forwarding_article: str
     auth_article: str
+    unlock_article: str = ""  # the unlock procedure ("Dieu 7.3"), for lock notifications
 
     def cite(self, article: str) -> str:
         """Full citation for replies and logs: "QD 162/2025/QD-UBND Dieu 7.2.b"."""
@@ -108,4 +109,5 @@ def load_profile(name: str, directory: Path | None = None) -> Profile:
         antivirus_article=_get(doc, "antivirus.article", str, where),
         forwarding_article=_get(doc, "forwarding.article", str, where),
         auth_article=_get(doc, "auth.article", str, where),
+        unlock_article=str(doc.get("lock", {}).get("unlock_article", "")),
     )

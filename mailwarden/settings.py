@@ -215,6 +215,7 @@ class PolicydSettings:
     shutdown_grace_s: float
     reservation_ttl_s: float
     lock_expire_s: float
+    metrics_listen: str = ""  # inet:127.0.0.1:PORT, "" = off (metrics.py)
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,78 @@ class MilterSettings:
     worker_timeout_s: float = 60.0  # wall time per message in a worker
     on_worker_failure: str = "defer"  # "defer" | "reject"
     shutdown_grace_s: float = 20.0
+    metrics_listen: str = ""  # inet:127.0.0.1:PORT, "" = off (metrics.py)
+
+
+@dataclass(frozen=True)
+class NotifierSettings:
+    """Lock notifications (notify/): where they go, who gets them, what they cite."""
+
+    smtp: str  # inet:HOST:PORT of the local MTA
+    sender_header: str  # From: (the envelope sender is always <>)
+    admins: tuple[str, ...]
+    notify_owner: bool
+    templates: str  # directory with lock.txt, unlock.txt
+    timeout_s: float
+    retry_min_s: float
+    retry_max_s: float
+    claim_after_s: float
+    consumer: str
+    metrics_listen: str
+    decision: str  # "QD 162/2025/QD-UBND"
+    province: str
+    contact: str  # lock.contact (the profile's unlock_contact unless set)
+    rate_citation: str
+    lock_citation: str
+    manual_lock_citation: str
+    unlock_citation: str
+
+
+@dataclass(frozen=True)
+class OpsSettings:
+    """`mailwarden health` and `mailwarden report`."""
+
+    backlog_warning: int
+    backlog_critical: int
+    timeout_s: float
+    log_files: tuple[str, ...]
+    top: int
+
+
+def notifier_from(cfg: Config, ours: Ours) -> NotifierSettings:
+    import socket
+
+    p = cfg.profile
+    return NotifierSettings(
+        smtp=cfg["notifier.smtp"],
+        sender_header=cfg["notifier.from"] or f"postmaster@{ours.local_domains[0]}",
+        admins=tuple(cfg["notifier.admins"]),
+        notify_owner=cfg["notifier.notify_owner"],
+        templates=cfg["notifier.templates"],
+        timeout_s=cfg["notifier.timeout"],
+        retry_min_s=cfg["notifier.retry_min"],
+        retry_max_s=max(cfg["notifier.retry_max"], cfg["notifier.retry_min"]),
+        claim_after_s=cfg["notifier.claim_after"],
+        consumer=cfg["notifier.consumer"] or socket.gethostname(),
+        metrics_listen=cfg["notifier.metrics_listen"],
+        decision=p.decision,
+        province=p.province,
+        contact=cfg["lock.contact"],
+        rate_citation=cite(cfg, "ratelimit.external_recipients"),
+        lock_citation=cite(cfg, "account.locked"),
+        manual_lock_citation=p.cite(p.manual_lock_article),
+        unlock_citation=p.cite(p.unlock_article) if p.unlock_article else "",
+    )
+
+
+def ops_from(cfg: Config) -> OpsSettings:
+    return OpsSettings(
+        backlog_warning=cfg["health.backlog_warning"],
+        backlog_critical=max(cfg["health.backlog_critical"], cfg["health.backlog_warning"]),
+        timeout_s=cfg["health.timeout"],
+        log_files=tuple(cfg["report.log_files"]),
+        top=cfg["report.top"],
+    )
 
 
 @dataclass(frozen=True)
@@ -284,6 +357,8 @@ class Settings:
     redis: RedisSettings
     logging: LoggingSettings
     on_internal_error: str  # "defer" | "accept", both daemons (failure.py)
+    notifier: NotifierSettings
+    ops: OpsSettings
 
     @classmethod
     def from_config(cls, cfg: Config) -> Settings:
@@ -329,6 +404,7 @@ class Settings:
                 shutdown_grace_s=cfg["policyd.shutdown_grace"],
                 reservation_ttl_s=cfg["ratelimit.reservation_ttl"],
                 lock_expire_s=cfg["lock.expire_after"],
+                metrics_listen=cfg["policyd.metrics_listen"],
             ),
             milter=MilterSettings(
                 listen=cfg["milter.listen"],
@@ -345,6 +421,7 @@ class Settings:
                 worker_timeout_s=cfg["milter.worker_timeout"],
                 on_worker_failure=cfg["milter.on_worker_failure"],
                 shutdown_grace_s=cfg["milter.shutdown_grace"],
+                metrics_listen=cfg["milter.metrics_listen"],
             ),
             redis=RedisSettings(
                 url=cfg["redis.url"],
@@ -363,4 +440,6 @@ class Settings:
                 log_accepts=cfg["logging.log_accepts"],
             ),
             on_internal_error=cfg["failure.on_internal_error"],
+            notifier=notifier_from(cfg, ours),
+            ops=ops_from(cfg),
         )

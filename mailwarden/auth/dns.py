@@ -34,6 +34,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from mailwarden import metrics
+
 Record = bytes | str | tuple[int, str]
 RDTYPES = ("TXT", "A", "AAAA", "MX", "PTR")
 
@@ -168,7 +170,9 @@ class Resolver:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
+        started = time.monotonic()
         answer, ttl = self._resolve(key[0], rdtype)
+        metrics.dns_query(time.monotonic() - started, answer.status.value)
         self.cache.put(key, answer, ttl)
         return answer
 

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import BinaryIO, TypeAlias, cast
 
+from mailwarden import metrics
 from mailwarden.addresses import UNIX_PATH_MAX, ListenAddress, parse_listen
 
 __all__ = ["UNIX_PATH_MAX", "ClamdAddress", "ScanOutcome", "ScanStatus", "parse_address",
@@ -130,7 +131,9 @@ def scan_stream(
     _check_args(timeout_s, chunk_size)
     start = time.monotonic()
     outcome = _scan_one(source, addr, start + timeout_s, timeout_s, chunk_size)
-    return replace(outcome, elapsed_s=time.monotonic() - start)
+    outcome = replace(outcome, elapsed_s=time.monotonic() - start)
+    metrics.clamd_scan(outcome.elapsed_s, outcome.status.value)
+    return outcome
 
 
 def scan_many(

@@ -25,7 +25,7 @@ from typing import Any
 
 import Milter
 
-from mailwarden import logs
+from mailwarden import logs, metrics
 from mailwarden.config import Config
 from mailwarden.engine import Engine, Envelope, Evaluation
 from mailwarden.failure import INTERNAL_ERROR, internal_error
@@ -75,11 +75,13 @@ class Runtime:
     def begin(self) -> None:
         with self.stats_lock:
             self.in_flight += 1
+        metrics.add_inflight("milter", 1)
 
     def end(self) -> None:
         with self.stats_lock:
             self.in_flight = max(0, self.in_flight - 1)
             self.idle.notify_all()
+        metrics.add_inflight("milter", -1)
 
     def wait_idle(self, timeout_s: float) -> int:
         """Wait until no message is in flight or `timeout_s`; the number left."""
@@ -208,6 +210,8 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
     def eom(self) -> int:
         self.queue_id = _text(self.getsymval("i") or "")
         self.rt.count("messages")
+        metrics.request("milter")
+        started = time.monotonic()
         try:
             try:
                 result = evaluate(self.rt.engine, self._spool(), Envelope(
@@ -226,6 +230,8 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
                 self._close_spool()
             return self._apply(result.verdicts, "EOM")
         finally:
+            metrics.milter_eom(time.monotonic() - started)
+            _pool_metrics(self.rt)
             self._reset()
 
     def _authenticated(self, result: Evaluation) -> None:
@@ -262,12 +268,8 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
             self.spool = None
 
     def _line(self, v: Verdict, stage: str) -> str:
-        action = "monitor" if v.monitor else v.action.value
-        if v.action is Action.ACCEPT:
-            action = {"av.unavailable": "accept-unscanned",
-                      INTERNAL_ERROR: "accept-unchecked"}.get(v.rule, "log")
         return logs.decision_line(
-            queue_id=self.queue_id, action=action, stage=stage, client_name=self.client_name,
+            queue_id=self.queue_id, action=_action(v), stage=stage, client_name=self.client_name,
             client_addr=self.client_addr, rule=v.rule, detail=v.detail, sender=self.sender,
             recipients=self.recipients[:_MAX_RCPTS_LOGGED], article=v.article,
             reply=v.reply if v.action is not Action.ACCEPT else "")
@@ -281,9 +283,11 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
             if v.rule in ("av.unavailable", INTERNAL_ERROR):
                 level = logging.ERROR
             log.log(level, "%s", self._line(v, stage))
+            metrics.decision("milter", v.rule, _action(v), stage)
         if decisive is None:
             if stage == "EOM":
                 self._change_headers()
+                metrics.decision("milter", "none", "accept", stage)
             if self.rt.log_accepts and stage == "EOM":
                 log.info("%s", logs.decision_line(
                     queue_id=self.queue_id, action="accept", stage=stage,
@@ -331,8 +335,34 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
                     self.queue_id, f"uncounted {n:d} recipients of the refused message from "
                     "the rate window"))
         except Exception as e:  # Redis trouble must not change the verdict
+            metrics.backend_error("milter", "redis")
             log.warning("%s", logs.event_line(self.queue_id, "could not uncount refused message",
                                               error=str(e)))
+
+
+def _action(v: Verdict) -> str:
+    """The action word of a verdict's decision line (and its metrics label)."""
+    if v.action is Action.ACCEPT:
+        return {"av.unavailable": "accept-unscanned",
+                INTERNAL_ERROR: "accept-unchecked"}.get(v.rule, "log")
+    return "monitor" if v.monitor else v.action.value
+
+
+_pool_seen = {"replaced": 0}
+
+
+def _pool_metrics(rt: Runtime) -> None:
+    """The worker pool's state, from the parent (the only one that sees the pool)."""
+    pool = rt.engine.pool
+    if pool is None or not metrics.enabled():
+        return
+    idle = pool.idle.qsize()
+    configured = rt.settings.milter.workers
+    metrics.set_workers(busy=max(0, configured - idle), idle=idle, configured=configured)
+    replaced = pool.stats.get("workers_replaced", 0)
+    for _ in range(replaced - _pool_seen["replaced"]):
+        metrics.worker_restart("replaced")
+    _pool_seen["replaced"] = max(replaced, _pool_seen["replaced"])
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -350,6 +380,14 @@ def run(cfg: Config) -> int:
     # inherits the mask, so a stop signal reaches only a sigwait() (libmilter's or ours)
     # and never kills the process in the middle of sessions.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    settings = Settings.from_config(cfg)
+    if settings.milter.metrics_listen:
+        # Before the workers start: they inherit the multiprocess directory (metrics.py).
+        from mailwarden import __version__
+
+        metrics.serve("milter", settings.milter.metrics_listen, multiprocess=True,
+                      profile=settings.profile_name, version=__version__,
+                      tmpdir=settings.milter.tmpdir)
     global RUNTIME
     RUNTIME = rt = Runtime(cfg, pool=True)
     s = rt.settings

@@ -34,7 +34,7 @@ from typing import cast
 
 from redis.exceptions import RedisError
 
-from mailwarden import logs
+from mailwarden import logs, metrics
 from mailwarden.addresses import ListenAddress, parse_listen
 from mailwarden.config import Config
 from mailwarden.policyd.codec import Decoder, ProtocolError, encode_action
@@ -164,6 +164,7 @@ class PolicyConnection(asyncio.Protocol):
 
     def _malformed(self, why: str) -> None:
         self.server.service.stats.malformed += 1
+        metrics.malformed()
         log.warning("malformed request from %s: %s; disconnecting", self.peer, logs.escape(why))
         self.queue.clear()
         if self.transport:
@@ -243,6 +244,7 @@ class PolicyServer:
 
     async def answer(self, attrs: Mapping[str, str]) -> str:
         self.inflight += 1
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.answer_timeout):
                 return await self.service.handle(attrs)
@@ -257,6 +259,8 @@ class PolicyServer:
                 attrs, attrs.get("protocol_state", "").upper(), e, self.on_internal_error)
         finally:
             self.inflight -= 1
+            metrics.request("policyd")
+            metrics.policy_answer(attrs.get("protocol_state", ""), time.monotonic() - started)
 
     def apply_lock_event(self, event: LockEvent) -> None:
         """A lock or unlock published by any mailwarden (CLI, this or another daemon)."""
@@ -412,6 +416,12 @@ def run(cfg: Config) -> int:
             log.info("loaded %d locks from snapshot %s", n, p.lock_snapshot)
         service = PolicyService(cfg, store, SystemClock(), cache)
         server = PolicyServer(cfg, service)
+        if p.metrics_listen:
+            from mailwarden import __version__
+
+            metrics.serve("policyd", p.metrics_listen, profile=settings.profile_name,
+                          version=__version__, locks=lambda: len(service.locks.locks),
+                          inflight=lambda: len(server.connections))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

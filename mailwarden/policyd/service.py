@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from redis.exceptions import RedisError
 
-from mailwarden import logs
+from mailwarden import logs, metrics
 from mailwarden.clock import Clock
 from mailwarden.config import Config
 from mailwarden.failure import internal_error
@@ -113,6 +113,7 @@ class PolicyService:
             if over:
                 self.locks.save()
                 self.stats.locks += 1
+                metrics.lock_event("policyd", "lock", "rate")
         return self._decided(attrs, ratelock.RateInputs(
             c.account, lock=r.lock if r.status == "locked" else None, over=over,
             count=r.count, locked_now=over and r.lock is not None))
@@ -154,12 +155,14 @@ class PolicyService:
         # ASCII whatever a rule let through (a newline would end the policy answer).
         v = replace(v, text=reply_safe(v.text, _MAX_REPLY_TEXT))
         if v.monitor:
+            metrics.decision("policyd", v.rule, "monitor", stage)
             log.warning("%s", self._line(attrs, stage, v))
             return DUNNO
         if v.action is Action.DEFER:
             self.stats.defer += 1
         else:
             self.stats.reject += 1
+        metrics.decision("policyd", v.rule, v.action.value, stage)
         log.warning("%s", self._line(attrs, stage, v))
         return v.reply
 
@@ -169,6 +172,7 @@ class PolicyService:
         v = ratelock.backend_error(why, defer=self.on_error_defer and stage == "RCPT")
         if v.action is Action.DEFER:
             return self._refuse(attrs, stage, v)
+        metrics.decision("policyd", v.rule, "accept-unchecked", stage)
         log.error("%s", self._line(attrs, stage, v, action="accept-unchecked"))
         return DUNNO
 
@@ -177,6 +181,8 @@ class PolicyService:
         """A bug while deciding: failure.on_internal_error, one line at error level with
         the exception's type and place, never its text (it can quote the request)."""
         v = internal_error(e, policy)
+        metrics.decision("policyd", v.rule, "accept-unchecked" if v.action is Action.ACCEPT
+                         else v.action.value, stage)
         if v.action is Action.ACCEPT:
             log.error("%s", self._line(attrs, stage, v, action="accept-unchecked"))
             return DUNNO

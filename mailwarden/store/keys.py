@@ -28,6 +28,11 @@ class Keyspace:
         # Pub/sub channel (not a key): the scripts that set or lift a lock PUBLISH a JSON
         # event here, and every policy daemon applies it to its lock list at once.
         self.lock_channel = f"{prefix}:lock-events"
+        # Consumer group (a name, not a key) of `mailwarden notifier` on the audit stream:
+        # each lock event goes to one notifier and is acknowledged once its mail is sent.
+        self.notify_group = "notifier"
+        # STRING written (with an expiry) by `mailwarden health`: Redis takes writes.
+        self.health_probe = f"{prefix}:health"
         # STRING: a random id written (SET NX) by the first policy daemon to meet this
         # Redis. A daemon that remembers another value, or finds none, knows Redis lost
         # its data (restarted empty, replaced) and restores the locks it knows.
@@ -51,6 +56,11 @@ class Keyspace:
             pending=f"{base}:pend",
             message=f"{base}:msg:{instance}",
         )
+
+    def notified(self, event_id: str) -> str:
+        """SET (expiring) of the recipient roles already mailed for one audit event: a
+        retry after a partial failure, or a takeover by another notifier, skips them."""
+        return f"{self.prefix}:notified:{event_id}"
 
     def queue(self, queue_id: str) -> str:
         """STRING: Postfix queue id -> "account\ninstance" of a committed send."""

@@ -1,0 +1,1 @@
+"""Operator tools: the daily report and the health check."""
