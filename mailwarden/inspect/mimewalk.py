@@ -388,7 +388,26 @@ class _Walker:
                 return self._finish_headers(reader, None, True)
             boundary = _match_boundary(item, stack)
             if boundary is not None:
+                if reader.held:
+                    # The held lines were this part's body (no blank line came):
+                    # the boundary ends that body, so it is read again after them.
+                    lines.push([item])
+                    return self._finish_headers(reader, None, False)
                 return self._finish_headers(reader, boundary, False)
+            raw = item[0]
+            if b"\r" in (raw[:-2] if raw.endswith(b"\r\n") else raw.rstrip(b"\n")):
+                # A bare CR ends a line for Python's email: what follows it is
+                # another field, or the end of the header block, for that
+                # reader, and part of this line for us. Ambiguous structure.
+                self.ctx.add(FindingKind.UNINSPECTABLE, self.ctx.where, "bare-cr-in-header",
+                             "a header line with a bare CR in it")
+            if (reader.held and raw[:1] not in (b" ", b"\t") and item[1]
+                    and b":" in raw and raw.strip()):
+                # A field after a line without a colon: for Python's email the
+                # header block ended at that line (the rest is body); we read
+                # on. Two readings of the structure: uninspectable.
+                self.ctx.add(FindingKind.UNINSPECTABLE, self.ctx.where, "header-without-colon",
+                             "a header field after a line that is not one")
             step = reader.feed(item)
             if step is Step.END:
                 return self._finish_headers(reader, None, False)
@@ -570,6 +589,8 @@ class _Walker:
                 # boundaries at once instead of line by line
                 chunk = lines.block()
                 if chunk is not None:
+                    if b"\r-" in chunk:
+                        self._bare_cr_boundary(chunk, stack)
                     data = bulk.feed_block(chunk)
                     if data:
                         out.write(data)
@@ -585,6 +606,8 @@ class _Walker:
                 pending_eol = b""  # the line break before a boundary belongs to it
                 break
             line, eol = _split_eol(item[0])
+            if b"\r-" in line:
+                self._bare_cr_boundary(line, stack)
             data, held = decoder.feed(line, eol)
             data = pending_eol + data
             pending_eol = held
@@ -600,6 +623,16 @@ class _Walker:
                 name = decode_header_bytes(raw)
                 check_name(self.ctx, name, f"{self.ctx.where}/{name}".lstrip("/"))
         return stop, size, isinstance(decoder, _Base64) and decoder.mid_padding
+
+    def _bare_cr_boundary(self, data: bytes, stack: _Stack) -> None:
+        """A boundary after a bare CR is a boundary for Python's email (which
+        ends lines at a bare CR) and body text for us: ambiguous structure."""
+        for level in stack:
+            for delim in level:
+                if b"\r" + delim in data:
+                    self.ctx.add(FindingKind.UNINSPECTABLE, self.ctx.where,
+                                 "bare-cr-boundary", "a boundary after a bare CR")
+                    return
 
     def _inspect(self, body: IO[bytes], size: int, display: str) -> str:
         """inspect_blob, with the limits that end one part (not the walk) and

@@ -515,3 +515,42 @@ def test_class4_zip_with_a_huge_directory_is_cut_early() -> None:
 def test_class4_7z_folder_bomb_in_the_real_7z() -> None:  # pragma: no cover - manual
     bomb = sevenzip_folder_bomb(200_000)
     assert isinstance(archive_executables(bomb, ".7z"), dict)
+
+
+# ============================================ found by fuzzing (kept as cases)
+
+
+def test_fuzz_found_body_glued_to_headers_ends_at_the_boundary() -> None:
+    # A part whose blank line is damaged: its body is read as held header
+    # lines; the boundary after it must still end it, or the next part (an
+    # executable) is swallowed into this one's text.
+    raw = mime_message([
+        b"Content-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\x0b\r\nKinh gui,\r\n"
+        b"Xin cam on.",
+        attachment(clam_exe(), "hoadon.pdf")])
+    raw = raw.replace(b"8bit\r\x0b\r\n\r\n", b"8bit\r\x0b\r\n")
+    model = check_message(raw)
+    assert "pe32" in tokens(model)
+
+
+def test_bare_cr_hiding_a_header_field_is_uninspectable() -> None:
+    raw = mime_message([
+        b"Content-Type: text/plain\rContent-Type: application/x-msdownload; name=a.exe\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + b64(b"text")])
+    model = check_message(raw)
+    assert "bare-cr-in-header" in tokens(model)
+
+
+def test_fuzz_found_bare_cr_ends_the_top_header_block_for_python() -> None:
+    inner = mime_message([attachment(clam_exe(), "x.pdf")], boundary=b"in")
+    raw = mime_message([b"Content-Type: message/rfc822\r\n\r\n" + inner])
+    raw = raw.replace(b'boundary="=_b1"\r\n\r\n', b'boundary="=_b1"\r\x0b\r\n', 1)
+    model = check_message(raw)
+    assert "bare-cr-in-header" in tokens(model)
+
+
+def test_boundary_after_a_bare_cr_is_uninspectable() -> None:
+    raw = mime_message([
+        b"Content-Type: text/plain\r\n\r\nhello\r--=_b1\r\n" + attachment(clam_exe(), "a.pdf")])
+    model = check_message(raw)
+    assert "bare-cr-boundary" in tokens(model)

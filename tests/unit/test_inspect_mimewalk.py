@@ -269,10 +269,14 @@ def test_base64_concatenated_after_padding() -> None:
 
 
 def test_junk_line_before_part_headers() -> None:
+    # Read both ways: the fields after the junk are read (the executable is
+    # found), and since Python's email ends the header block at the junk line
+    # (the rest is body for it), the part is also uninspectable.
     part = b"this line has no colon\r\n" + attachment(pe(), "a.pdf")
     model = inspect_bytes(mime_message([part]))
     assert "header-without-colon" in model.defects
-    assert by_token(model) == {"pe32": "a.pdf"}
+    assert by_token(model)["pe32"] == "a.pdf"
+    assert "header-without-colon" in by_token(model)
 
 
 def test_body_glued_to_headers_without_blank_line() -> None:
