@@ -29,6 +29,7 @@ import pytest
 from harness import procs
 from harness.clamd import ClamdInstance, eicar_bytes
 from harness.daemons import Daemon, write_config
+from harness.dns import DnsServer
 from harness.postfix import PostfixInstance
 from harness.redis import RedisInstance
 from harness.sink import Sink
@@ -308,6 +309,9 @@ def known_run(clamd: ClamdInstance) -> Iterator[Run]:
     root.chmod(0o755)
     sink = Sink(root / "sink").start()
     redis = RedisInstance(root / "redis").start()
+    # Inbound mail is authenticated in the worker processes: SPF asks this DNS server.
+    dns = DnsServer(root / "dns", 'example.org. IN TXT "v=spf1 ip4:198.51.100.0/24 -all"\n'
+                    ).start()
     pm, mm = procs.free_port(), procs.free_port()
     config = write_config(root / "mailwarden.toml", {
         "policyd.listen": f"unix:{root}/policyd.sock", "policyd.socket_mode": "0666",
@@ -316,7 +320,9 @@ def known_run(clamd: ClamdInstance) -> Iterator[Run]:
         "milter.listen": f"unix:{root}/milter.sock", "milter.socket_mode": "0666",
         "milter.metrics_listen": f"inet:127.0.0.1:{mm}",
         "antivirus.clamd": clamd.address, "redis.url": redis.url, "logging.level": "info",
-        "ratelimit.overrides": {ALICE: {"limit": 3}}})
+        "ratelimit.overrides": {ALICE: {"limit": 3}},
+        "domains.trusted_networks": ["127.0.0.1/32"],
+        "dns.nameservers": [dns.address], "dns.timeout": 0.5, "dns.attempts": 1})
     policyd = Daemon("policyd", config, f"unix:{root}/policyd.sock", root / "policyd.log")
     milter = Daemon("milter", config, f"unix:{root}/milter.sock", root / "milter.log")
     policyd.start()
@@ -343,14 +349,19 @@ def known_run(clamd: ClamdInstance) -> Iterator[Run]:
         for name, data in (("hoa-don.pdf", pe32()), ("eicar.txt", eicar_bytes())):
             t = go(BOB, ["c@gmail.com"], msg(BOB, "c@gmail.com", attach=(name, data)))
             assert t.data is not None and t.data[0] == 550, t.data
+        # From outside to bob (SPF pass for example.org, looked up by a worker process).
+        t = send(pf.smtpd_port, "news@example.org", [BOB], msg("news@example.org", BOB),
+                 login="", client_addr="198.51.100.7")
+        assert t.data is not None and t.data[0] == 250, t.data
         wait(lambda: queue_empty(pf), "empty queue")
         yield Run(root, config, policyd, milter, pf, pm, mm,
-                  {"rcpt": 3 + 1 + 2 + 2 + 2, "eom": 3 + 2 + 2, "eom_accepted": 5})
+                  {"rcpt": 3 + 1 + 2 + 2 + 2 + 1, "eom": 3 + 2 + 2 + 1, "eom_accepted": 6})
     finally:
         pf.stop()
         milter.stop()
         policyd.stop()
         redis.stop()
+        dns.stop()
         sink.stop()
         shutil.rmtree(root, ignore_errors=True)
 
@@ -386,6 +397,8 @@ def test_metrics_scraped_match_the_decisions(known_run: Run) -> None:
     # Scans ran (where the engine runs them: the worker processes' files are summed).
     assert value(m, "mailwarden_clamd_scan_seconds_count", outcome="infected") >= 1
     assert value(m, "mailwarden_clamd_scan_seconds_count") >= eoms - 1
+    # DNS lookups happen in the worker processes only: summed from their files.
+    assert value(m, "mailwarden_dns_query_seconds_count", outcome="found") >= 1
     assert value(m, "mailwarden_milter_workers", state="configured") == 2
     assert value(m, "mailwarden_inflight_sessions", daemon="milter") == 0
     assert value(m, "mailwarden_build_info", daemon="milter") == 1
@@ -443,6 +456,37 @@ def test_report_html_renders_in_chromium(known_run: Run, tmp_path: Path) -> None
     assert data.startswith(b"\x89PNG") and len(data) > 10_000
     keep = Path(tempfile.gettempdir()) / "mailwarden-report-screenshot.png"
     shutil.copyfile(shot, keep)  # for a human to look at
+
+
+def test_milter_counters_under_concurrent_sessions(known_run: Run) -> None:
+    """Sessions in parallel (libmilter threads, two worker processes): every message
+    counted once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = scrape(known_run.milter_metrics)
+
+    def one(i: int) -> int:
+        t = send(known_run.postfix.smtpd_port, BOB, [f"p{i}@gmail.com"],
+                 msg(BOB, f"p{i}@gmail.com"), login=BOB)
+        assert t.data is not None
+        return t.data[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(one, range(24)))
+    assert codes == [250] * 24
+    after = scrape(known_run.milter_metrics)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("mailwarden_decisions_total", daemon="milter", rule="none",
+                 action="accept") == 24
+    assert delta("mailwarden_milter_eom_seconds_count") == 24
+    assert delta("mailwarden_requests_total", daemon="milter") == 24
+    assert delta("mailwarden_clamd_scan_seconds_count") == 24
+    assert value(after, "mailwarden_inflight_sessions", daemon="milter") == 0
+    p = scrape(known_run.policyd_metrics)
+    assert value(p, "mailwarden_decisions_total", daemon="policyd") == 3  # unchanged
 
 
 # -- health -----------------------------------------------------------------------------
