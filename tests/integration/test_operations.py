@@ -537,3 +537,8 @@ def test_promtool_checks_the_shipped_rules() -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout + out.stderr
+    # The rules' own unit tests: a burst of locks, clamd failing, a daemon down fire.
+    out = subprocess.run(["promtool", "test", "rules", "mailwarden-alerts.test.yml"],
+                         capture_output=True, text=True, timeout=60,
+                         cwd=ROOT / "conf" / "prometheus")
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
