@@ -306,10 +306,11 @@ def test_dns_failure_for_our_domain_defers_never_refuses(
         raw, client_ip=OUTSIDE_IP, helo="h.example", mail_from=f"giamdoc@{LOCAL}", ours=False)
     assert [(v.rule, v.action, v.reply[:10]) for v in out.verdicts] == [
         (rule.DNS_TEMPERROR, Action.DEFER, "451 4.7.1 ")]
+    # issue 14: on_dns_error = "accept" never weakens the spoof check of our own domains
     accept = authenticator(resolver, keys[0], dns_error_defer=False).process(
         raw, client_ip=OUTSIDE_IP, helo="h.example", mail_from=f"giamdoc@{LOCAL}", ours=False)
     assert [(v.rule, v.action) for v in accept.verdicts] == [(rule.DNS_TEMPERROR,
-                                                              Action.ACCEPT)]
+                                                              Action.DEFER)]
 
 
 def test_concurrent_messages_keep_their_own_results(resolver: Resolver,
