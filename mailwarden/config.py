@@ -135,6 +135,11 @@ def _addresses(v: Any) -> None:
             raise ValueError(f"{item!r}: expected a bare mail address like ops@example.org")
 
 
+def _prefix(v: Any, most: int) -> None:
+    if not 0 < v <= most:
+        raise ValueError(f"must be a prefix length 1..{most}")
+
+
 def _not_negative(v: Any) -> None:
     if v < 0:
         raise ValueError("must be 0 or more")
@@ -268,6 +273,25 @@ SCHEMA: tuple[Key, ...] = (
         "deferred (451), never passed unchecked.", _positive),
     Key("milter.stats_interval", "duration", 600.0,
         "Period of the statistics log line; 0 = never."),
+    Key("milter.workers", "int", 2,
+        "Worker processes that parse messages (inspection, authentication), isolated from "
+        "the daemon: one that dies or goes over its limits costs one message a 451 and is "
+        "replaced. 0 = parse in the daemon's own process (no isolation; for debugging).",
+        _not_negative),
+    Key("milter.worker_memory", "size", 768 * 1024 * 1024,
+        "Address-space cap (RLIMIT_AS) of each worker process.", _positive),
+    Key("milter.worker_cpu", "duration", 30.0,
+        "CPU time one message may use in a worker (RLIMIT_CPU, set per message).", _positive),
+    Key("milter.worker_timeout", "duration", 60.0,
+        "Wall time for one message's parsing in a worker, waiting for a free worker "
+        "included; past it the worker is killed and replaced.", _positive),
+    Key("milter.on_worker_failure", "str", "defer",
+        "A worker that died, ran out of memory, CPU or time on a message: defer (451 4.7.1, "
+        "our own resource ran out) or reject (550, as attachment.uninspectable).",
+        _choices("defer", "reject")),
+    Key("milter.shutdown_grace", "duration", 20.0,
+        "On SIGTERM, how long messages in flight may take to finish before they are "
+        "answered 451 (the systemd unit's TimeoutStopSec is above it).", _positive),
     Key("milter.release_on_refusal", "bool", True,
         "When the milter refuses a message of one of our senders at end of data, uncount "
         "it from the rate window (needs [redis]; see docs/policyd.md)."),
@@ -313,6 +337,22 @@ SCHEMA: tuple[Key, ...] = (
         "above the raw message size (docs/milter.md).", _listen),
     Key("antivirus.timeout", "duration", 60.0, "Time for one message's scan, all parts.",
         _positive),
+    Key("antivirus.refused_scan", "duration", 5.0,
+        "When inspection refused a message only as uninspectable, clamd still gets this "
+        "long to name a more specific reason (an executable, a virus); its timeout or error "
+        "then changes nothing. 0 = do not ask clamd about refused mail.", _not_negative),
+    Key("antivirus.max_scans", "int", 8,
+        "clamd scans in flight at once; more wait (within antivirus.timeout).", _positive),
+    Key("antivirus.breaker_timeouts", "int", 2,
+        "Consecutive scan timeouts after which clamd is not called for antivirus."
+        "breaker_pause: messages get on_clamd_error at once (logged).", _positive),
+    Key("antivirus.breaker_pause", "duration", 30.0,
+        "How long clamd is left alone after breaker_timeouts; then one trial scan.",
+        _positive),
+    Key("antivirus.policy_signatures", "str", "require",
+        "Check at start (and in config check) that clamd has conf/clamav/mailwarden-policy."
+        "ndb loaded: require = fatal when clamd answers without it, warn = log it, off.",
+        _choices("require", "warn", "off")),
     Key("antivirus.on_clamd_error", "str", "defer",
         "clamd down, timing out or failing: defer (451 4.7.1, nothing unscanned passes) or "
         "accept (logged loudly).", _choices("defer", "accept")),
