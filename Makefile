@@ -13,8 +13,11 @@ PYTEST_ARGS ?=
 # inspect/: libarchive decodes compressed RAR and 7z coders we do not (libarchive13, through
 # libarchive-c); bsdtar is one of the extractors the adversarial corpus is checked against.
 APT_PACKAGES += libarchive13 libarchive-tools
+# Only `make test-containers` needs these (podman as POSTFIX-FACTS.md describes it,
+# debootstrap for the local base image, python3-yaml for containers/compose.py).
+CONTAINER_APT_PACKAGES := podman runc debootstrap uidmap python3-yaml
 
-.PHONY: run test deps venv lint typecheck bench-policyd clean
+.PHONY: run test deps venv lint typecheck bench-policyd clean container-deps test-containers
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -48,6 +51,22 @@ endif
 .PHONY: test-faults
 test-faults: venv
 	$(PY) -m pytest tests/faults
+
+# The container suite: build the three images (containers/build.sh; the base image is
+# made here with debootstrap) and run containers/tests against `single` and `ha`.
+container-deps:
+	@missing=$$(for p in $(CONTAINER_APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+test-containers: venv container-deps
+	containers/build.sh
+	$(PY) -m pytest -p no:cacheprovider containers/tests $(PYTEST_ARGS)
 
 run: venv
 	$(PY) -m harness

@@ -176,12 +176,13 @@ def _run(ss: SentinelSet, daemons: list[Daemon], listens: list[str], cfg: Path) 
                     (account, d)
 
         # The lock channel follows the new master: a lock made now reaches both daemons.
-        for d in daemons:
+        for daemon in daemons:
             deadline = time.monotonic() + 20
-            while d.log_text().count("lock channel subscribed") < 2 and \
+            while daemon.log_text().count("lock channel subscribed") < 2 and \
                     time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert d.log_text().count("lock channel subscribed") >= 2, d.log_text()[-2000:]
+            assert daemon.log_text().count("lock channel subscribed") >= 2, \
+                daemon.log_text()[-2000:]
         out = await loop.run_in_executor(None, lambda: cli(
             cfg, "lock", "late@ninhbinh.gov.vn", "--reason", "after failover", "--by", "t"))
         assert out.returncode == 0, out.stderr
