@@ -22,7 +22,7 @@ from mailwarden.auth.results import (
 )
 from mailwarden.config import load_config
 from mailwarden.inspect import Finding, FindingKind, MessageModel
-from mailwarden.milter.evaluate import evaluate
+from mailwarden.engine.core import Analysis, evaluate
 from mailwarden.profiles import Profile
 from mailwarden.rules import antivirus, attachments, authentication, forwarding, ratelock
 from mailwarden.rules.forwarding import ForwardInputs
@@ -78,9 +78,12 @@ def _clock(step: float) -> Callable[[], float]:
 
 
 def _content(step: float) -> list[Verdict]:
-    """The engine on a plain message, without a scan (its own timeout would decide)."""
+    """The engine on a plain message, without a scan (its own timeout would decide); the
+    analysis (a worker's in the milter) found nothing, and each clock reading is `step`
+    seconds after the last."""
     msg = io.BytesIO(b"From: a@example.org\r\nSubject: x\r\n\r\nhello\r\n")
-    return evaluate(msg, replace(S.content, scan=False), clock=_clock(step)).verdicts
+    return evaluate(msg, replace(S.content, scan=False), clock=_clock(step),
+                    analyser=lambda message, envelope, deadline: Analysis()).verdicts
 
 
 LOCK = LockInfo("a@ninhbinh.gov.vn", "over 250", 0.0, "rate")
@@ -164,8 +167,8 @@ SAMPLES: dict[str, tuple[Sample, Sample]] = {
     "auth.timeout": (
         lambda: authentication.decide(_auth(timed_out="dkim"), S.auth_rules),
         lambda: authentication.decide(_auth(), S.auth_rules)),
-    # the budget (120s) runs out when each clock reading is a minute later
-    "content.timeout": (lambda: _content(60.0), lambda: _content(0.001)),
+    # the budget (120s) is gone when each clock reading is 200 s after the last
+    "content.timeout": (lambda: _content(200.0), lambda: _content(0.001)),
     "internal.error": (lambda: [failure.internal_error(RuntimeError("x"), "defer")],
                        lambda: _content(0.001)),
 }
