@@ -87,7 +87,10 @@ class InspectLimits:
     time_budget_s: float = 10.0  # for callers that build the deadline from it
     spool_memory_bytes: int = 1024 * 1024  # decoded parts above this go to a temp file
     max_mime_depth: int = 32  # multipart / message/rfc822 nesting
-    max_findings: int = 100  # further findings are dropped, with a defect
+    # Findings kept. When more arrive, the last slot is an UNINSPECTABLE
+    # "finding-limit" finding and later findings replace less severe ones, so
+    # none that decides a verdict is lost (archives/budget.py, Context.add).
+    max_findings: int = 100
 
     def __post_init__(self) -> None:
         for ext in self.executable_extensions:

@@ -554,3 +554,13 @@ def test_boundary_after_a_bare_cr_is_uninspectable() -> None:
         b"Content-Type: text/plain\r\n\r\nhello\r--=_b1\r\n" + attachment(clam_exe(), "a.pdf")])
     model = check_message(raw)
     assert "bare-cr-boundary" in tokens(model)
+
+
+def test_fuzz_found_zip_missing_its_first_byte_with_deflate64_local_header() -> None:
+    # One byte gone from the front (every offset one too far) and the local
+    # header saying Deflate64 (method 9): 7-Zip still extracts the member.
+    data = bytearray(zip_bytes({"readme.txt": b"hello " * 50, "hoadon.pdf": clam_exe()}))
+    second = data.index(b"PK\x03\x04", 4)
+    data[second + 8] = 9
+    model = check_archive(bytes(data[1:]), "tai-lieu.zip", ".zip")
+    assert refused(model)

@@ -64,6 +64,11 @@ from mailwarden.inspect.archives.streams import (
 
 EOCD, LOCAL, CENTRAL = b"PK\x05\x06", b"PK\x03\x04", b"PK\x01\x02"
 _METHODS = {0: "store", 8: "deflate", 12: "bzip2", 14: "lzma", 95: "xz"}
+# Every method APPNOTE 4.4.5 assigns (extractors such as 7-Zip decode several we
+# do not: Deflate64, PPMd, Zstd, ...); a local header with another number is
+# taken for stray bytes.
+_KNOWN_METHODS = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 14, 16, 18, 19, 20, 93, 94,
+                            95, 96, 97, 98, 99})
 _MAX_NAME = 4096
 
 
@@ -142,8 +147,10 @@ def _central(ctx: Context, f: IO[bytes], size: int, eocd: int,
                 total, cd_size, cd_offset = struct.unpack_from("<QQQ", z64, 32)
                 cd_end = z64_at
     cd_start = cd_end - cd_size
+    # Data in front of the archive makes delta positive; bytes missing from its
+    # front make it negative (7-Zip still finds the entries): both are applied.
     delta = cd_start - cd_offset
-    if cd_start < 0 or delta < 0:
+    if cd_start < 0:
         return None
     remaining = ctx.limits.max_archive_entries - ctx.budget.entries
     records: list[_Record] = []
@@ -294,7 +301,7 @@ def _entries(ctx: Context, f: IO[bytes], size: int, path: str,
             local, start = _local(f, size, at)
         except CORRUPT_ERRORS:
             continue
-        if local.method not in _METHODS and not local.flags & 0x1:
+        if local.method not in _KNOWN_METHODS and not local.flags & 0x1:
             continue  # stray signature bytes, not a header an extractor would use
         if directories:
             inconsistent(ctx, path, f"local header at {at} is in no central directory")
