@@ -114,6 +114,7 @@ class PolicyService:
                 self.locks.save()
                 self.stats.locks += 1
                 metrics.lock_event("policyd", "lock", "rate")
+                await self.wait_replicas(c.account)
         return self._decided(attrs, ratelock.RateInputs(
             c.account, lock=r.lock if r.status == "locked" else None, over=over,
             count=r.count, locked_now=over and r.lock is not None))
@@ -207,6 +208,7 @@ class PolicyService:
         audited action=restore) unless the audit stream's newest event for the account is
         an unlock (we missed its published event). After a data loss, locks the audit
         stream still holds (it can outlive the lock keys) are restored too."""
+        before = dict(self.locks.locks)
         epoch, created = await self.store.ensure_epoch(uuid.uuid4().hex)
         lost = ""
         if created:
@@ -250,6 +252,15 @@ class PolicyService:
                 log.warning("%s", logs.note("lock restored", account=account, kind=lk.kind,
                                             source=source, why=lost or "missing from redis"))
                 await self.wait_replicas(account)
+        # A lock or unlock event applied while we were reading Redis is newer than what
+        # we read: it wins.
+        now_locks = self.locks.locks
+        for account in before.keys() | now_locks.keys():
+            if before.get(account) != now_locks.get(account):
+                if account in now_locks:
+                    keep[account] = now_locks[account]
+                else:
+                    keep.pop(account, None)
         self.locks.replace_all(list(keep.values()), epoch)
 
     async def wait_replicas(self, account: str) -> None:

@@ -130,3 +130,30 @@ def test_snapshot_of_an_older_version_loads_and_gains_the_epoch(tmp_path: Path,
     data = json.loads(snap.read_text())
     assert data["epoch"] and data["epoch"] == s.locks.epoch
     assert [lk["account"] for lk in data["locks"]] == [ALICE]
+
+
+def test_events_applied_during_a_refresh_are_not_undone_by_it(
+        tmp_path: Path, redis_server: Any) -> None:
+    """A published lock or unlock that arrives while the refresh is reading Redis is newer
+    than what the refresh read: it stays applied."""
+    prefix = f"t{uuid.uuid4().hex[:6]}"
+
+    async def go() -> tuple[bool, bool]:
+        s = service(redis_server.url, prefix, tmp_path / "locks.json", FakeClock(T0))
+        await s.store.lock(ALICE, reason="virus", by="ops", now=T0)
+        await s.refresh_locks()
+        read = s.store.list_locks
+
+        async def list_then_events() -> list[LockInfo]:
+            got = await read()
+            s.locks.add(LockInfo(BOB, "takeover", T0, "manual", "ops"))  # published lock
+            s.locks.remove(ALICE)  # published unlock
+            return got
+
+        s.store.list_locks = list_then_events  # type: ignore[method-assign]
+        await s.refresh_locks()
+        result = s.locks.get(BOB, T0) is not None, s.locks.get(ALICE, T0) is None
+        await s.store.close()
+        return result
+
+    assert run(go()) == (True, True)
