@@ -564,3 +564,14 @@ def test_fuzz_found_zip_missing_its_first_byte_with_deflate64_local_header() -> 
     data[second + 8] = 9
     model = check_archive(bytes(data[1:]), "tai-lieu.zip", ".zip")
     assert refused(model)
+
+
+def test_fuzz_found_damaged_deflate_member_head_is_sniffed() -> None:
+    # The member's deflate stream is damaged after its first few hundred
+    # bytes: unzip and 7z write out what inflated before the damage (an MZ/PE
+    # head), so that head must be sniffed, not thrown away with the error.
+    data = bytearray(zip_bytes({"hoadon.pdf": clam_exe()}))
+    start = 30 + len(b"hoadon.pdf")
+    data[start + 200] ^= 0xFF
+    model = check_archive(bytes(data), "tai-lieu.zip", ".zip")
+    assert refused(model)

@@ -25,7 +25,7 @@ from mailwarden.inspect.archives.budget import (
     check_name,
     describe,
 )
-from mailwarden.inspect.archives.streams import Counted, Reader, read_up_to, spool
+from mailwarden.inspect.archives.streams import Counted, Reader, spool
 from mailwarden.inspect.filenames import ARCHIVE_EXTENSIONS, effective_extension
 from mailwarden.inspect.filetypes import (
     RANDOM_ACCESS_KINDS,
@@ -258,11 +258,13 @@ def member(ctx: Context, parent: str, name: str, depth: int, stream: Reader | No
             check_name(ctx, other, f"{parent}/{other}")
     if stream is None:
         return
-    head = read_up_to(stream, SNIFF_BYTES)
+    head, error = _read_head(stream)
     s = sniff(head)
     if s.executable:
         ctx.add(FindingKind.EXECUTABLE, display, s.kind, s.detail)
         return
+    if error is not None:
+        raise error
     with spool(ctx) as copy:
         # The whole member, copied: it may be an archive, a compound file or a
         # PDF, hold an archive past offset 0, or a PE header past the sniff
@@ -278,6 +280,23 @@ def member(ctx: Context, parent: str, name: str, depth: int, stream: Reader | No
             size += len(data)
         copy.flush()
         inspect_blob(ctx, copy, size, display, depth + 1)
+
+
+def _read_head(stream: Reader) -> tuple[bytes, BaseException | None]:
+    """The first SNIFF_BYTES, and the corruption that cut them short, if one
+    did: what was inflated before the damage is what extractors write out."""
+    parts: list[bytes] = []
+    got = 0
+    try:
+        while got < SNIFF_BYTES:
+            data = stream.read(min(CHUNK, SNIFF_BYTES - got))
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+    except CORRUPT_ERRORS as exc:
+        return b"".join(parts), exc
+    return b"".join(parts), None
 
 
 def given(stream: Reader | None) -> Callable[[], Reader | None]:

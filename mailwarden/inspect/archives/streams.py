@@ -95,10 +95,21 @@ class _Decompressor(Protocol):
 
 
 class Zlib:
-    """zlib with the bz2/lzma decompressor interface (bounded output)."""
+    """zlib with the bz2/lzma decompressor interface (bounded output).
+
+    Until the first `_CAREFUL_OUTPUT` bytes are out, input is fed in small
+    slices, and output produced before a corruption is returned before the
+    error is raised (on the next call): extractors write what they inflated
+    before the damage, so the head of a damaged member is sniffed too."""
+
+    _CAREFUL_OUTPUT = 64 * 1024
+    _SLICE = 16
 
     def __init__(self, wbits: int) -> None:
         self._d = zlib.decompressobj(wbits)
+        self._in = b""
+        self._error: zlib.error | None = None
+        self.produced = 0
         self.needs_input = True
 
     @property
@@ -107,12 +118,32 @@ class Zlib:
 
     @property
     def unused_data(self) -> bytes:
-        return self._d.unused_data
+        return self._d.unused_data + (self._in if self._d.eof else b"")
 
     def decompress(self, data: bytes, max_length: int = -1) -> bytes:
-        out = self._d.decompress(self._d.unconsumed_tail + data, max(max_length, 0))
-        self.needs_input = not self._d.unconsumed_tail and (max_length < 0 or len(out) < max_length)
-        return out
+        if self._error is not None:
+            raise self._error
+        self._in += data
+        limit = max(max_length, 0)
+        out = bytearray()
+        while self._in and not self._d.eof and (limit == 0 or len(out) < limit):
+            careful = self.produced + len(out) < self._CAREFUL_OUTPUT
+            take = self._SLICE if careful else len(self._in)
+            piece, self._in = self._in[:take], self._in[take:]
+            try:
+                got = self._d.decompress(piece, limit - len(out) if limit else 0)
+            except zlib.error as exc:
+                if not out:
+                    raise
+                self._error = exc
+                break
+            self._in = self._d.unconsumed_tail + self._in
+            out += got
+            if not careful:
+                break
+        self.produced += len(out)
+        self.needs_input = not self._in and (limit == 0 or len(out) < limit)
+        return bytes(out)
 
 
 class DecompressReader:
@@ -131,8 +162,12 @@ class DecompressReader:
         self.pending = b""
         self.done = False
         self.truncated = False  # the input ended inside a compressed stream
+        self.error: Exception | None = None
 
     def read(self, n: int) -> bytes:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
         out = bytearray()
         idle = 0
         while len(out) < n and not self.done:
@@ -159,7 +194,14 @@ class DecompressReader:
                     self.done = True  # truncated input: keep what we have
                     self.truncated = True
                     break
-            got = self.dec.decompress(data, n - len(out))
+            try:
+                got = self.dec.decompress(data, n - len(out))
+            except Exception as exc:
+                if not out:
+                    raise
+                self.error = exc  # hand out what came before the damage first
+                self.done = True
+                break
             out += got
             idle = 0 if (got or data) else idle + 1
             if idle > 3:
