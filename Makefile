@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := redis-server postfix clamav-daemon clamav clamav-testfiles \
 	libmilter-dev python3-dev python3-venv gcc swaks p7zip-full zip unzip publicsuffix \
-	prometheus chromium
+	prometheus chromium dovecot-imapd
 PYTEST_ARGS ?=
 # inspect/: libarchive decodes compressed RAR and 7z coders we do not (libarchive13, through
 # libarchive-c); bsdtar is one of the extractors the adversarial corpus is checked against.

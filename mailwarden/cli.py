@@ -122,6 +122,12 @@ def cmd_milter(args: argparse.Namespace, cfg: Config) -> int:
     return _run_daemon(args, cfg, "milter", lambda: app.run(cfg))
 
 
+def cmd_authpolicy(args: argparse.Namespace, cfg: Config) -> int:
+    from mailwarden.authpolicy import server
+
+    return _run_daemon(args, cfg, "authpolicy", lambda: server.run(cfg))
+
+
 def cmd_notifier(args: argparse.Namespace, cfg: Config) -> int:
     from mailwarden.notify import daemon
 
@@ -343,6 +349,7 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         "reserved": st.pending, "limit": limit, "unit": s.count_unit,
         "locked": st.lock is not None,
     }
+    out["failed_logins"] = _with_store(cfg, lambda store: store.failed_logins(account))
     if st.lock:
         out.update(lock_reason=st.lock.reason, lock_since=_when(st.lock.since),
                    lock_kind=st.lock.kind, lock_by=st.lock.by)
@@ -370,6 +377,77 @@ def cmd_audit(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+def _accounts_file(path: str) -> list[str]:
+    """One address a line ('#' comments): the mailboxes that exist (`doveadm user '*'`)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                out.append(line)
+    return out
+
+
+def cmd_inactive(args: argparse.Namespace, cfg: Config) -> int:
+    """Accounts past the profile's inactivity period (or --days N), with their dates;
+    --lock (or --scheduled with accounts.inactive_auto_lock) locks them, kind inactive."""
+    from mailwarden.rules.accounts import LOCK_KIND_INACTIVE, InactiveInputs, decide_inactive
+    from mailwarden.settings import accounts_from, ours_from
+
+    s = accounts_from(cfg, ours_from(cfg))
+    if args.days is None and s.inactive_lock_months <= 0:
+        print(f"mailwarden: profile {_settings(cfg).profile_name} sets no inactivity period "
+              "(accounts.inactive_lock_months = 0): give --days N", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        listed = [_account(cfg, a) for a in _accounts_file(args.accounts)] \
+            if args.accounts else []
+    except OSError as e:
+        print(f"mailwarden: {args.accounts}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    lock = args.lock or (args.scheduled and s.inactive_auto_lock)
+    now = time.time()
+
+    async def go(store: Any) -> list[dict[str, Any]]:
+        act = await store.activity()
+        locks = {lk.account: lk for lk in await store.list_locks()}
+        found = []
+        for account in sorted(set(act.last_login) | set(act.last_send) | set(listed)):
+            for v in decide_inactive(InactiveInputs(
+                    account, act.last_login.get(account), act.last_send.get(account),
+                    act.since if act.since is not None else now, now, locks.get(account),
+                    args.days), s):
+                row: dict[str, Any] = {**v.detail, "idle_days": int(v.detail["idle_days"]),
+                                       "article": v.article, "locked_now": False}
+                if lock and account not in locks:
+                    row["locked_now"] = await store.lock(
+                        account, reason=f"unused for {row['idle_days']} days "
+                        f"({v.article or 'mailwarden inactive'})", by=args.by, now=now,
+                        kind=LOCK_KIND_INACTIVE)
+                    row["locked"] = LOCK_KIND_INACTIVE
+                found.append(row)
+        return found
+
+    rows = _with_store(cfg, go)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    period = f"{args.days} days" if args.days is not None else \
+        f"{s.inactive_lock_months} months ({s.inactive_citation})"
+    if not rows:
+        print(f"no account unused for {period}")
+        return EXIT_OK
+    table = [("ACCOUNT", "IDLE_DAYS", "LAST_LOGIN", "LAST_SEND", "LOCKED", "REMOVE")]
+    table += [(r["account"], str(r["idle_days"]), r["last_login"], r["last_send"],
+               r["locked"] + (" (now)" if r["locked_now"] else ""), r.get("remove", "-"))
+              for r in rows]
+    widths = [max(len(t[i]) for t in table) for i in range(6)]
+    print(f"# unused for {period}")
+    for t in table:
+        print("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
 # -- argument parsing ------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailwarden", description=__doc__.splitlines()[0])
@@ -387,6 +465,26 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--daemon", action="store_true", help="detach (hosts without systemd)")
     m.add_argument("--pidfile", help="with --daemon (default /run/mailwarden/milter.pid)")
     m.add_argument("--log-file", help="with --daemon, when not logging to syslog")
+
+    ap = sub.add_parser("authpolicy", help="run Dovecot's auth policy server in the "
+                        "foreground (locked = no login; failed-login lock)")
+    ap.add_argument("--daemon", action="store_true", help="detach (hosts without systemd)")
+    ap.add_argument("--pidfile", help="with --daemon (default /run/mailwarden/authpolicy.pid)")
+    ap.add_argument("--log-file", help="with --daemon, when not logging to syslog")
+
+    ia = sub.add_parser("inactive", help="accounts unused past the profile's period, with "
+                        "their last login and send")
+    ia.add_argument("--days", type=int, help="unused for N days instead of the profile's "
+                    "months")
+    ia.add_argument("--accounts", metavar="FILE", help="every mailbox, one address a line "
+                    "(e.g. from doveadm user '*'): one never seen counts as unused since "
+                    "recording started")
+    ia.add_argument("--json", action="store_true")
+    ia.add_argument("--lock", action="store_true", help="lock what is listed (kind "
+                    "inactive, citing the profile's article)")
+    ia.add_argument("--scheduled", action="store_true", help="the timer's run: locks only "
+                    "when accounts.inactive_auto_lock = true")
+    ia.add_argument("--by", default=_operator(), help="who locks (default: the login name)")
 
     n = sub.add_parser("notifier", help="run the lock notifier in the foreground (mails lock "
                        "and unlock events of the audit stream)")
@@ -470,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "authpolicy": cmd_authpolicy, "inactive": cmd_inactive,
     "policyd": cmd_policyd, "milter": cmd_milter, "check": cmd_check, "locks": cmd_locks,
     "lock": cmd_lock, "unlock": cmd_unlock, "status": cmd_status, "audit": cmd_audit,
     "forwarding": cmd_forwarding, "dkim": cmd_dkim, "notifier": cmd_notifier,

@@ -140,6 +140,11 @@ def _prefix(v: Any, most: int) -> None:
         raise ValueError(f"must be a prefix length 1..{most}")
 
 
+def _prefix(v: Any, most: int) -> None:
+    if not 0 < v <= most:
+        raise ValueError(f"must be a prefix length 1..{most}")
+
+
 def _not_negative(v: Any) -> None:
     if v < 0:
         raise ValueError("must be 0 or more")
@@ -212,6 +217,82 @@ SCHEMA: tuple[Key, ...] = (
     Key("lock.contact", "str", None,
         "Whom a locked user should contact, in the refusal text; empty = the profile's.",
         example='"helpdesk@ninhbinh.gov.vn, 0229 3871 234"', profile="unlock_contact"),
+    # -- accounts (logins and inactivity; docs/accounts.md) ----------------------
+    Key("accounts.lock_refuses_login", "bool", None,
+        "Every lock (rate, manual, failed-logins, inactive) also refuses the owner's logins "
+        "through mailwarden authpolicy (Dieu 7.1); mail to the mailbox is still delivered. "
+        "Unset = the profile's.", profile="lock_refuses_login"),
+    Key("accounts.failed_login_limit", "int", None,
+        "Consecutive failed logins that lock the account (162/2025 Dieu 7.2.a: 12); 0 = "
+        "none. Unset = the profile's.", _not_negative, example="12",
+        profile="failed_login_limit"),
+    Key("accounts.failed_login_mode", "str", "enforce",
+        "enforce = lock at the limit; monitor = log what would be locked, lock nothing.",
+        _choices("enforce", "monitor")),
+    Key("accounts.failed_login_count", "str", "distinct-passwords",
+        "What one failure is: distinct-passwords = a wrong password repeated (a phone with "
+        "an old password) counts once, by Dovecot's truncated, nonced hash of it; attempts "
+        "= every failed attempt. Without a hash from Dovecot every attempt counts.",
+        _choices("distinct-passwords", "attempts")),
+    Key("accounts.failure_memory", "duration", 30 * 86400.0,
+        "Consecutive failures are forgotten this long after the last one (a success "
+        "forgets them at once).", _positive),
+    Key("accounts.inactive_lock_months", "int", None,
+        "Months without use after which an account is listed by `mailwarden inactive` (and "
+        "locked with --lock); 0 = none. Unset = the profile's.", _not_negative,
+        example="6", profile="inactive_lock_months"),
+    Key("accounts.inactive_remove_months", "int", None,
+        "Months without use after which the decision revokes or deletes the mailbox (listed, "
+        "never done by mailwarden); 0 = none. Unset = the profile's.", _not_negative,
+        example="12", profile="inactive_remove_months"),
+    Key("accounts.inactive_activity", "str", None,
+        "What counts as use: login (28/2020 Dieu 7.1) or login-or-send. Unset = the "
+        "profile's.", _choices("login", "login-or-send"), example='"login-or-send"',
+        profile="inactive_activity"),
+    Key("accounts.inactive_auto_lock", "bool", False,
+        "`mailwarden inactive --scheduled` (the monthly timer) locks what it lists; false = "
+        "it only lists, an operator locks with --lock."),
+    # -- authpolicy (Dovecot's auth policy server; docs/accounts.md) ---------------
+    Key("authpolicy.listen", "str", "inet:127.0.0.1:10033",
+        "Where the auth policy daemon listens for Dovecot (auth_policy_server_url), in "
+        "Postfix notation: inet:HOST:PORT or unix:/PATH.", _listen),
+    Key("authpolicy.socket_mode", "str", "0660", "File mode of a unix: listen socket.",
+        _socket_mode),
+    Key("authpolicy.api_key", "str", "",
+        "Shared secret Dovecot sends in authpolicy.api_header (auth_policy_server_api_header)"
+        "; empty = none (loopback or a unix socket only).", example='"change-me"'),
+    Key("authpolicy.api_header", "str", "X-API-Key",
+        "The request header that carries authpolicy.api_key."),
+    Key("authpolicy.max_request_bytes", "size", 16 * 1024,
+        "Largest request body accepted (Dovecot's are a few hundred bytes).", _positive),
+    Key("authpolicy.request_timeout", "duration", 1.5,
+        "Time to read a request and answer it, Redis included; Dovecot waits "
+        "auth_policy_server_timeout_msecs (2s by default).", _positive),
+    Key("authpolicy.max_connections", "int", 256,
+        "Concurrent connections; more are refused at once.", _positive),
+    Key("authpolicy.address_window", "duration", 3600.0,
+        "Sliding window of the per-address counts below.", _positive),
+    Key("authpolicy.address_free_failures", "int", 3,
+        "Failed logins from one address in the window before its logins are delayed.",
+        _not_negative),
+    Key("authpolicy.address_max_delay", "duration", 15.0,
+        "Longest delay Dovecot is told to impose on a login from a failing address (it "
+        "doubles from 1s with each failure past address_free_failures).", _positive),
+    Key("authpolicy.address_max_accounts", "int", 10,
+        "Distinct accounts one address may fail against in the window; past it the address "
+        "is refused before authentication, and its failures no longer count towards any "
+        "account's lock.", _positive),
+    Key("authpolicy.address_prefix_v4", "int", 32,
+        "IPv4 addresses are counted per /N.", lambda v: _prefix(v, 32)),
+    Key("authpolicy.address_prefix_v6", "int", 64,
+        "IPv6 addresses are counted per /N (one host usually holds a whole /64).",
+        lambda v: _prefix(v, 128)),
+    Key("authpolicy.exempt_networks", "list", [],
+        "Clients never delayed or refused for their address (a webmail that does not pass "
+        "the user's address to Dovecot); their failures still count per account.",
+        _networks, example='["10.0.0.30/32"]'),
+    Key("authpolicy.shutdown_grace", "duration", 5.0,
+        "On SIGTERM, how long requests in flight may take to finish.", _positive),
     # -- policyd ------------------------------------------------------------
     Key("policyd.listen", "str", "inet:127.0.0.1:10031",
         "Where the policy daemon listens, in Postfix notation: inet:HOST:PORT or unix:/PATH.",

@@ -16,6 +16,9 @@ from mailwarden.units import parse_duration, parse_size
 
 DEFAULT_PROFILE = "ninhbinh-162-2025"
 COUNT_UNITS = ("recipients", "messages")
+# What counts as using a mailbox for the inactivity rule: a login only (28/2020 Dieu 7.1
+# "khong dang nhap"), or a login or a send (Ha Nam "gui, nhan"; Tien Giang "su dung").
+INACTIVE_ACTIVITY = ("login", "login-or-send")
 
 
 class ProfileError(ValueError):
@@ -45,6 +48,17 @@ class Profile:
     auth_article: str
     unlock_article: str = ""  # the unlock procedure ("Dieu 7.3"), for lock notifications
 
+    # [accounts] (optional in a profile: absent = the decision says nothing about it)
+    lock_refuses_login: bool = False  # a lock also refuses the owner's logins (Dieu 7.1)
+    login_lock_article: str = ""
+    failed_login_limit: int = 0  # consecutive failed logins that lock; 0 = none
+    failed_login_article: str = ""
+    inactive_lock_months: int = 0  # months without use before a lock; 0 = none
+    inactive_remove_months: int = 0  # months before revocation/deletion; 0 = none
+    inactive_activity: str = "login-or-send"
+    inactive_article: str = ""
+    inactive_remove_article: str = ""
+
     def cite(self, article: str) -> str:
         """Full citation for replies and logs: "QD 162/2025/QD-UBND Dieu 7.2.b"."""
         return f"{self.decision} {article}" if article else self.decision
@@ -65,6 +79,36 @@ def _get(doc: dict[str, Any], path: str, kind: type, where: str) -> Any:
     if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
         raise ProfileError(f"{where}: [{section}] {key} must be {kind.__name__}")
     return value
+
+
+def _opt(doc: dict[str, Any], path: str, kind: type, where: str, default: Any) -> Any:
+    section, key = path.split(".")
+    if key not in (doc.get(section) or {}):
+        return default
+    value = _get(doc, path, kind, where)
+    if kind is int and value < 0:
+        raise ProfileError(f"{where}: [{section}] {key} must be 0 or more")
+    return value
+
+
+def _accounts(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optional [accounts] section: login refusal, failed logins, inactivity."""
+    activity = _opt(doc, "accounts.inactive_activity", str, where, "login-or-send")
+    if activity not in INACTIVE_ACTIVITY:
+        raise ProfileError(f"{where}: [accounts] inactive_activity must be one of "
+                           f"{INACTIVE_ACTIVITY}")
+    return {
+        "lock_refuses_login": _opt(doc, "accounts.lock_refuses_login", bool, where, False),
+        "login_lock_article": _opt(doc, "accounts.login_lock_article", str, where, ""),
+        "failed_login_limit": _opt(doc, "accounts.failed_login_limit", int, where, 0),
+        "failed_login_article": _opt(doc, "accounts.failed_login_article", str, where, ""),
+        "inactive_lock_months": _opt(doc, "accounts.inactive_lock_months", int, where, 0),
+        "inactive_remove_months": _opt(doc, "accounts.inactive_remove_months", int, where, 0),
+        "inactive_activity": activity,
+        "inactive_article": _opt(doc, "accounts.inactive_article", str, where, ""),
+        "inactive_remove_article": _opt(doc, "accounts.inactive_remove_article", str, where,
+                                        ""),
+    }
 
 
 def load_profile(name: str, directory: Path | None = None) -> Profile:
@@ -109,5 +153,6 @@ def load_profile(name: str, directory: Path | None = None) -> Profile:
         antivirus_article=_get(doc, "antivirus.article", str, where),
         forwarding_article=_get(doc, "forwarding.article", str, where),
         auth_article=_get(doc, "auth.article", str, where),
+        **_accounts(doc, where),
         unlock_article=str(doc.get("lock", {}).get("unlock_article", "")),
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from mailwarden.addresses import Ours
 from mailwarden.config import Config
 from mailwarden.inspect import DEFAULT_EXECUTABLE_EXTENSIONS, InspectLimits
+from mailwarden.rules.accounts import AccountSettings
 from mailwarden.rules.antivirus import AntivirusSettings
 from mailwarden.rules.attachments import AttachmentSettings
 from mailwarden.rules.authentication import AuthRuleSettings
@@ -443,3 +444,59 @@ class Settings:
             notifier=notifier_from(cfg, ours),
             ops=ops_from(cfg),
         )
+
+
+# -- accounts and the auth policy daemon (issue 11; docs/accounts.md) -------------------
+@dataclass(frozen=True)
+class AuthpolicySettings:
+    """The auth policy daemon's plumbing (the rules' own settings are AccountSettings)."""
+
+    listen: str  # Postfix notation, checked at load
+    socket_mode: int
+    api_key: str  # "" = no shared secret
+    api_header: str
+    max_request_bytes: int
+    request_timeout_s: float
+    max_connections: int
+    shutdown_grace_s: float
+
+
+def accounts_from(cfg: Config, ours: Ours) -> AccountSettings:
+    return AccountSettings(
+        ours=ours,
+        lock_refuses_login=cfg["accounts.lock_refuses_login"],
+        failed_login_limit=cfg["accounts.failed_login_limit"],
+        enforce=cfg["accounts.failed_login_mode"] == "enforce",
+        distinct_passwords=cfg["accounts.failed_login_count"] == "distinct-passwords",
+        failure_memory_s=cfg["accounts.failure_memory"],
+        address_window_s=cfg["authpolicy.address_window"],
+        address_free_failures=cfg["authpolicy.address_free_failures"],
+        address_max_delay_s=cfg["authpolicy.address_max_delay"],
+        address_max_accounts=cfg["authpolicy.address_max_accounts"],
+        prefix_v4=cfg["authpolicy.address_prefix_v4"],
+        prefix_v6=cfg["authpolicy.address_prefix_v6"],
+        exempt_networks=_networks(cfg["authpolicy.exempt_networks"]),
+        inactive_lock_months=cfg["accounts.inactive_lock_months"],
+        inactive_remove_months=cfg["accounts.inactive_remove_months"],
+        inactive_activity=cfg["accounts.inactive_activity"],
+        inactive_auto_lock=cfg["accounts.inactive_auto_lock"],
+        login_lock_citation=cite(cfg, "account.login_locked"),
+        failed_login_citation=cite(cfg, "account.failed_logins"),
+        inactive_citation=cite(cfg, "account.inactive"),
+        inactive_remove_citation=cfg.profile.cite(cfg.profile.inactive_remove_article)
+        if cfg.profile.inactive_remove_article else "",
+        contact=cfg["lock.contact"],
+    )
+
+
+def authpolicy_from(cfg: Config) -> AuthpolicySettings:
+    return AuthpolicySettings(
+        listen=cfg["authpolicy.listen"],
+        socket_mode=int(cfg["authpolicy.socket_mode"], 8),
+        api_key=cfg["authpolicy.api_key"],
+        api_header=cfg["authpolicy.api_header"],
+        max_request_bytes=cfg["authpolicy.max_request_bytes"],
+        request_timeout_s=cfg["authpolicy.request_timeout"],
+        max_connections=cfg["authpolicy.max_connections"],
+        shutdown_grace_s=cfg["authpolicy.shutdown_grace"],
+    )

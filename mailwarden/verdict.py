@@ -87,6 +87,18 @@ _REGISTRY = (
              "manual_lock_article); mail to it is delivered."),
     RuleInfo("ratelimit.backend_error", "policyd", "RCPT, END-OF-MESSAGE", "",
              "Redis unreachable or slow: 451 or accept-unchecked per policyd.on_redis_error."),
+    RuleInfo("account.login_locked", "authpolicy", "LOGIN", "login_lock_article",
+             "A login to a locked account (any kind of lock), refused before the password is "
+             "checked, with why (accounts.lock_refuses_login); mail to it is delivered."),
+    RuleInfo("account.failed_logins", "authpolicy", "LOGIN", "failed_login_article",
+             "The failed login that reaches accounts.failed_login_limit consecutive ones: "
+             "the account is locked (kind failed-logins) until an operator unlocks it."),
+    RuleInfo("account.login_throttled", "authpolicy", "LOGIN", "",
+             "Logins from an address with recent failures are delayed; an address that "
+             "failed against too many accounts is refused (abuse guard, docs/accounts.md)."),
+    RuleInfo("account.inactive", "cli", "mailwarden inactive", "inactive_article",
+             "No login (or send) for the profile's months: listed; locked (kind inactive) "
+             "with --lock or accounts.inactive_auto_lock."),
     RuleInfo("attachment.executable", "milter", "EOM", "executable_article",
              "An executable by content or name, also inside archives."),
     RuleInfo("attachment.encrypted_archive", "milter", "EOM", "encrypted_article",

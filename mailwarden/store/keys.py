@@ -18,6 +18,17 @@ class AccountKeys:
     window: str  # ZSET member -> commit time (ms): what was really sent
     pending: str  # ZSET member -> expiry (ms): reserved at RCPT, not yet committed
     message: str  # SET members reserved for one SMTP transaction (instance)
+    # HASH n (consecutive failed logins), last_ms, last_addr, pw:<hash> per wrong password
+    # counted (a repeated one counts once); deleted by a successful login or a lock.
+    fails: str = ""
+
+
+@dataclass(frozen=True)
+class AddressKeys:
+    """Failed logins from one client address (its /N network), for the abuse guard."""
+
+    failures: str  # ZSET attempt id -> time (ms): failures in the sliding window
+    accounts: str  # ZSET account -> time (ms) of its last failure from this address
 
 
 class Keyspace:
@@ -48,6 +59,13 @@ class Keyspace:
         self.last_send = f"{prefix}:last-send"
         self.activity_since = f"{prefix}:activity-since"
 
+        # HASHes account -> time (ms) of its last successful login (authpolicy) and of its
+        # last send (policyd's commit), for `mailwarden inactive`; the STRING says since
+        # when they are recorded (an account never seen is idle since then).
+        self.last_login = f"{prefix}:last-login"
+        self.last_send = f"{prefix}:last-send"
+        self.activity_since = f"{prefix}:activity-since"
+
     def account(self, account: str, instance: str = "") -> AccountKeys:
         base = f"{self.prefix}:{{{account}}}"
         return AccountKeys(
@@ -55,12 +73,18 @@ class Keyspace:
             window=f"{base}:win",
             pending=f"{base}:pend",
             message=f"{base}:msg:{instance}",
+            fails=f"{base}:fails",
         )
 
     def notified(self, event_id: str) -> str:
         """SET (expiring) of the recipient roles already mailed for one audit event: a
         retry after a partial failure, or a takeover by another notifier, skips them."""
         return f"{self.prefix}:notified:{event_id}"
+
+    def address(self, network: str) -> AddressKeys:
+        """Keys of one client network ("203.0.113.7/32", "2001:db8::/64")."""
+        base = f"{self.prefix}:addr:{{{network}}}"
+        return AddressKeys(failures=f"{base}:fail", accounts=f"{base}:accts")
 
     def queue(self, queue_id: str) -> str:
         """STRING: Postfix queue id -> "account\ninstance" of a committed send."""

@@ -33,12 +33,14 @@ AUDIT_MAXLEN = 100_000  # lock/unlock events kept (approximate, MAXLEN ~)
 # up on the connection (resubscribe) when the PONG does not come within as long again.
 CHANNEL_PING_S = 15.0
 SCRIPT_NAMES = ("reserve", "commit", "release", "lock", "unlock", "restore")
+# Issue 11 (docs/accounts.md): the auth policy daemon's scripts.
+ACCOUNT_SCRIPT_NAMES = ("login_failed", "login_ok")
 _MAX_BATCH = 256
 
 
 def _load_scripts() -> dict[str, tuple[str, str]]:
     out = {}
-    for name in SCRIPT_NAMES:
+    for name in SCRIPT_NAMES + ACCOUNT_SCRIPT_NAMES:
         text = resources.files("mailwarden.store").joinpath(f"scripts/{name}.lua").read_text()
         out[name] = (text, hashlib.sha1(text.encode()).hexdigest())  # noqa: S324 - Redis's id
     return out
@@ -74,6 +76,28 @@ class LockEvent:
                             int(str(d.get("since_ms", "0")) or 0) / 1000.0,
                             str(d.get("kind", "manual")), by, int(d.get("count", 0) or 0))
         return cls(d["action"], account, by, lock)
+
+
+@dataclass(frozen=True)
+class LoginCheck:
+    lock: LockInfo | None
+    address_failures: int  # failed logins from the address in the window
+    address_accounts: int  # distinct logins it failed against in the window
+
+
+@dataclass(frozen=True)
+class LoginFailure:
+    status: str  # login_failed.lua's: off | locked | capped | repeat | counted | locked_now
+    count: int
+    address_failures: int
+    address_accounts: int
+
+
+@dataclass(frozen=True)
+class Activity:
+    last_login: dict[str, float]  # account -> epoch seconds
+    last_send: dict[str, float]
+    since: float | None  # when recording started (None: nothing recorded yet)
 
 
 @dataclass(frozen=True)
@@ -247,9 +271,76 @@ class RedisStore:
                      keep_s: float, queue_id: str = "") -> tuple[int, int]:
         k = self.keys.account(account, instance)
         raw = await self._batch.call(
-            "commit", (k.window, k.pending, k.message, self.keys.queue(queue_id or instance)),
+            "commit", (k.window, k.pending, k.message, self.keys.queue(queue_id or instance),
+                       self.keys.last_send, self.keys.activity_since),
             (self._ms(now), self._ms(window_s), self._ms(keep_s), account, instance))
         return int(raw[0]), int(raw[1])
+
+    # -- accounts: logins and last use (issue 11, docs/accounts.md) --------------------
+    async def login_check(self, account: str, network: str, *, now: float,
+                          window_s: float) -> LoginCheck:
+        """Before a login: the account's lock and the address's recent failures."""
+        pipe = self.client.pipeline(transaction=False)
+        if account:
+            pipe.hgetall(self.keys.account(account).lock)
+        if network:
+            a, since = self.keys.address(network), self._ms(now - window_s) + 1
+            pipe.zcount(a.failures, since, "+inf")
+            pipe.zcount(a.accounts, since, "+inf")
+        out = list(await pipe.execute())
+        lock = _lock_from_hash(account, out.pop(0)) if account else None
+        failures, accounts = (int(out[0]), int(out[1])) if network else (0, 0)
+        return LoginCheck(lock, failures, accounts)
+
+    async def login_failed(self, account: str, network: str, *, member: str, pwhash: str,
+                           attempt: str, now: float, window_s: float, max_accounts: int,
+                           limit: int, enforce: bool, memory_s: float, reason: str,
+                           exempt: bool) -> LoginFailure:
+        """Count one failed login (login_failed.lua); it may lock the account."""
+        k = self.keys.account(account)
+        a = self.keys.address(network)
+        raw = await self._batch.call("login_failed", (
+            k.fails, k.lock, self.keys.lock_index, self.keys.audit, a.failures, a.accounts,
+        ), (
+            self._ms(now), account, network, pwhash, attempt, self._ms(window_s),
+            max_accounts, limit, 1 if enforce else 0, self._ms(memory_s), reason,
+            AUDIT_MAXLEN, self.keys.lock_channel, 1 if exempt else 0, member,
+        ))
+        return LoginFailure(_s(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]))
+
+    async def login_succeeded(self, account: str, *, now: float) -> int:
+        """A successful login ends the failure run and is the account's last use."""
+        k = self.keys.account(account)
+        raw = await self._batch.call(
+            "login_ok", (k.fails, self.keys.last_login, self.keys.activity_since),
+            (self._ms(now), account))
+        return int(raw)
+
+    async def failed_logins(self, account: str) -> int:
+        """The account's current run of consecutive failed logins."""
+        return int(await self.client.hget(self.keys.account(account).fails, "n") or 0)
+
+    async def activity(self) -> Activity:
+        """Every recorded last login and last send (epoch seconds), and since when."""
+        logins: dict[str, float] = {}
+        sends: dict[str, float] = {}
+        for key, out in ((self.keys.last_login, logins), (self.keys.last_send, sends)):
+            async for field, value in self.client.hscan_iter(key, count=1000):
+                out[_s(field)] = int(_s(value)) / 1000.0
+        since = await self.client.get(self.keys.activity_since)
+        return Activity(logins, sends, int(_s(since)) / 1000.0 if since else None)
+
+    async def set_activity(self, account: str, *, login: float | None = None,
+                           send: float | None = None) -> None:
+        """Plant a last use (tests, and importing dates from an older system)."""
+        pipe = self.client.pipeline(transaction=False)
+        if login is not None:
+            pipe.hset(self.keys.last_login, account, self._ms(login))
+        if send is not None:
+            pipe.hset(self.keys.last_send, account, self._ms(send))
+        pipe.set(self.keys.activity_since, self._ms(min(x for x in (login, send, 4e9)
+                                                         if x is not None)), nx=True)
+        await pipe.execute()
 
     async def release_queue_id(self, queue_id: str) -> int:
         """Uncount a message refused after END-OF-MESSAGE (by the milter), by queue id."""

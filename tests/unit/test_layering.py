@@ -8,7 +8,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[2] / "mailwarden"
 FORBIDDEN = ("mailwarden.policyd", "mailwarden.milter", "mailwarden.clients",
              "mailwarden.store", "harness", "redis", "Milter", "milter", "socket",
-             "asyncio", "logging", "subprocess")
+             "asyncio", "logging", "subprocess", "mailwarden.authpolicy", "aiohttp")
 
 
 def imports(path: Path) -> set[str]:

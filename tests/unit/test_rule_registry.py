@@ -26,7 +26,10 @@ from mailwarden.engine.core import Analysis, evaluate
 from mailwarden.profiles import Profile
 from mailwarden.rules import antivirus, attachments, authentication, forwarding, ratelock
 from mailwarden.rules.forwarding import ForwardInputs
+from mailwarden.rules import accounts
+from mailwarden.rules.accounts import AllowInputs, FailureInputs, InactiveInputs
 from mailwarden.rules.ratelock import LockInfo, RateInputs
+from mailwarden.settings import accounts_from
 from mailwarden.settings import Settings, cite
 from mailwarden.verdict import RULES, Action, Verdict, rules_markdown
 
@@ -87,6 +90,7 @@ def _content(step: float) -> list[Verdict]:
 
 
 LOCK = LockInfo("a@ninhbinh.gov.vn", "over 250", 0.0, "rate")
+ACC = accounts_from(CFG, S.ours)
 
 # rule id -> (sample that produces it, neighbour that does not)
 SAMPLES: dict[str, tuple[Sample, Sample]] = {
@@ -167,6 +171,26 @@ SAMPLES: dict[str, tuple[Sample, Sample]] = {
     "auth.timeout": (
         lambda: authentication.decide(_auth(timed_out="dkim"), S.auth_rules),
         lambda: authentication.decide(_auth(), S.auth_rules)),
+    "account.login_locked": (
+        lambda: accounts.decide_allow(AllowInputs("a@ninhbinh.gov.vn", "", lock=LOCK), ACC),
+        lambda: accounts.decide_allow(AllowInputs("a@ninhbinh.gov.vn", ""), ACC)),
+    "account.failed_logins": (
+        lambda: accounts.decide_failure(FailureInputs("a@ninhbinh.gov.vn", "locked_now", 12),
+                                        ACC),
+        lambda: accounts.decide_failure(FailureInputs("a@ninhbinh.gov.vn", "counted", 11),
+                                        ACC)),
+    "account.login_throttled": (
+        lambda: accounts.decide_allow(AllowInputs("a@ninhbinh.gov.vn", "203.0.113.7/32",
+                                                  address_failures=4), ACC),
+        lambda: accounts.decide_allow(AllowInputs("a@ninhbinh.gov.vn", "203.0.113.7/32",
+                                                  address_failures=1), ACC)),
+    "account.inactive": (
+        lambda: accounts.decide_inactive(InactiveInputs(
+            "a@ninhbinh.gov.vn", 1_700_000_000.0, None, 1_690_000_000.0, 1_760_000_000.0,
+            days=90), ACC),
+        lambda: accounts.decide_inactive(InactiveInputs(
+            "a@ninhbinh.gov.vn", 1_759_000_000.0, None, 1_690_000_000.0, 1_760_000_000.0,
+            days=90), ACC)),
     # the budget (120s) is gone when each clock reading is 200 s after the last
     "content.timeout": (lambda: _content(200.0), lambda: _content(0.001)),
     "internal.error": (lambda: [failure.internal_error(RuntimeError("x"), "defer")],
@@ -200,7 +224,7 @@ def test_each_rule_cites_its_own_profile_field(rule: str) -> None:
 
 
 def test_every_rule_module_declares_only_registered_ids() -> None:
-    for module in (antivirus, attachments, authentication, forwarding, ratelock):
+    for module in (antivirus, attachments, authentication, forwarding, ratelock, accounts):
         assert set(module.RULE_IDS) <= set(RULES), module.__name__
 
 

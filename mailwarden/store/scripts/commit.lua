@@ -8,6 +8,8 @@
 -- ARGV[1] now_ms  ARGV[2] window_ms  ARGV[3] keep_ms (how long the message set
 --                 and queue mapping are kept after commit)
 -- ARGV[4] account ARGV[5] instance
+-- KEYS[5] last-send HASH account -> ms, KEYS[6] activity-since STRING (optional: the
+--         account's last send, for `mailwarden inactive`; docs/accounts.md)
 -- Returns {committed, count_in_window}
 local now = tonumber(ARGV[1])
 local members = redis.call('SMEMBERS', KEYS[3])
@@ -24,4 +26,8 @@ if #members > 0 then
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if KEYS[5] then
+  redis.call('HSET', KEYS[5], ARGV[4], ARGV[1])
+  redis.call('SET', KEYS[6], ARGV[1], 'NX')
+end
 return {committed, redis.call('ZCARD', KEYS[1])}
