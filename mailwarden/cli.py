@@ -396,6 +396,9 @@ def cmd_inactive(args: argparse.Namespace, cfg: Config) -> int:
 
     s = accounts_from(cfg, ours_from(cfg))
     if args.days is None and s.inactive_lock_months <= 0:
+        if args.scheduled:  # the monthly timer on a profile without a period
+            print(f"profile {_settings(cfg).profile_name}: no inactivity period, nothing to do")
+            return EXIT_OK
         print(f"mailwarden: profile {_settings(cfg).profile_name} sets no inactivity period "
               "(accounts.inactive_lock_months = 0): give --days N", file=sys.stderr)
         return EXIT_USAGE

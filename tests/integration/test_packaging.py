@@ -26,7 +26,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("command", ["policyd", "milter", "check", "config", "locks", "lock",
-                                     "unlock", "status", "audit"])
+                                     "unlock", "status", "audit", "authpolicy", "inactive"])
 def test_every_subcommand_has_help(command: str) -> None:
     out = run(command, "--help")
     assert out.returncode == 0 and "usage: mailwarden" in out.stdout
@@ -85,7 +85,8 @@ def test_daemon_mode_without_a_log_destination_is_a_usage_error(tmp_path: Path) 
 
 
 def test_systemd_units_are_complete() -> None:
-    for unit in ("mailwarden-policyd.service", "mailwarden-milter.service"):
+    for unit in ("mailwarden-policyd.service", "mailwarden-milter.service",
+                 "mailwarden-authpolicy.service"):
         text = (ROOT / "systemd" / unit).read_text()
         for directive in ("Type=notify", "User=mailwarden", "NoNewPrivileges=yes",
                           "ProtectSystem=strict", "Restart=on-failure", "RuntimeDirectory="):

@@ -24,13 +24,18 @@ from mailwarden.config import load_config
 from mailwarden.inspect import Finding, FindingKind, MessageModel
 from mailwarden.engine.core import Analysis, evaluate
 from mailwarden.profiles import Profile
-from mailwarden.rules import antivirus, attachments, authentication, forwarding, ratelock
-from mailwarden.rules.forwarding import ForwardInputs
-from mailwarden.rules import accounts
+from mailwarden.rules import (
+    accounts,
+    antivirus,
+    attachments,
+    authentication,
+    forwarding,
+    ratelock,
+)
 from mailwarden.rules.accounts import AllowInputs, FailureInputs, InactiveInputs
+from mailwarden.rules.forwarding import ForwardInputs
 from mailwarden.rules.ratelock import LockInfo, RateInputs
-from mailwarden.settings import accounts_from
-from mailwarden.settings import Settings, cite
+from mailwarden.settings import Settings, accounts_from, cite
 from mailwarden.verdict import RULES, Action, Verdict, rules_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
