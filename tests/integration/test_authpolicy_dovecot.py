@@ -246,11 +246,13 @@ def test_a_wrong_api_key_is_refused(logins_factory: Callable[..., Logins]) -> No
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=5)  # noqa: S310 - http://127.0.0.1
     assert e.value.code == 401
+    e.value.close()
     big = urllib.request.Request(url, data=b"{" + b" " * 100_000 + b"}",
                                  headers={"X-API-Key": API_KEY}, method="POST")
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(big, timeout=5)  # noqa: S310 - http://127.0.0.1
     assert e.value.code == 413
+    e.value.close()
 
 
 def test_failures_over_many_accounts_from_one_address_slow_it_and_lock_nobody(
