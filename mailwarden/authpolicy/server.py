@@ -80,15 +80,25 @@ class AuthPolicyServer:
         command = request.query.get("command", "")
         if command not in ("allow", "report"):
             return _error(404, "unknown command")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.p.request_timeout_s
         try:
-            async with asyncio.timeout(self.p.request_timeout_s):
-                attempt = Attempt.parse(json.loads(await request.read()))
+            async with asyncio.timeout_at(deadline):
+                body = await request.read()
+        except TimeoutError:
+            log.warning("%s", logs.note("request body not sent within request_timeout, "
+                                        "refused", command=command,
+                                        peer=request.remote or "unix"))
+            return _error(408, "slow request")
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "too large")
+        try:
+            async with asyncio.timeout_at(deadline):
+                attempt = Attempt.parse(json.loads(body))
                 if command == "allow":
                     answer = await self.service.allow(attempt)
                 else:
                     answer = await self.service.report(attempt)
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, "too large")
         except (ValueError, UnicodeDecodeError) as e:  # BadRequest, JSON errors
             log.warning("%s", logs.note("malformed auth policy request", command=command,
                                         error=str(e)[:200]))
