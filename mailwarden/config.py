@@ -140,11 +140,6 @@ def _prefix(v: Any, most: int) -> None:
         raise ValueError(f"must be a prefix length 1..{most}")
 
 
-def _prefix(v: Any, most: int) -> None:
-    if not 0 < v <= most:
-        raise ValueError(f"must be a prefix length 1..{most}")
-
-
 def _not_negative(v: Any) -> None:
     if v < 0:
         raise ValueError("must be 0 or more")

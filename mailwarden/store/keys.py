@@ -59,13 +59,6 @@ class Keyspace:
         self.last_send = f"{prefix}:last-send"
         self.activity_since = f"{prefix}:activity-since"
 
-        # HASHes account -> time (ms) of its last successful login (authpolicy) and of its
-        # last send (policyd's commit), for `mailwarden inactive`; the STRING says since
-        # when they are recorded (an account never seen is idle since then).
-        self.last_login = f"{prefix}:last-login"
-        self.last_send = f"{prefix}:last-send"
-        self.activity_since = f"{prefix}:activity-since"
-
     def account(self, account: str, instance: str = "") -> AccountKeys:
         base = f"{self.prefix}:{{{account}}}"
         return AccountKeys(

@@ -20,8 +20,8 @@ import pytest
 
 from harness.clamd import (
     CLAM_EXE_SIGNATURE,
-    POLICY_PE_SIGNATURE,
     EICAR_SIGNATURE,
+    POLICY_PE_SIGNATURE,
     TESTFILES,
     ClamdInstance,
     eicar_bytes,

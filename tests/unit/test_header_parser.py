@@ -13,8 +13,8 @@ import pytest
 from mailwarden.auth.verify import read_headers
 from mailwarden.clients import clamd
 from mailwarden.config import load_config
-from mailwarden.inspect.headers import MAX_LINE, parse_headers
 from mailwarden.engine import core as ev
+from mailwarden.inspect.headers import MAX_LINE, parse_headers
 from mailwarden.settings import Settings
 from mailwarden.verdict import Action
 

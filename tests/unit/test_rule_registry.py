@@ -21,8 +21,8 @@ from mailwarden.auth.results import (
     SpfCheck,
 )
 from mailwarden.config import load_config
-from mailwarden.inspect import Finding, FindingKind, MessageModel
 from mailwarden.engine.core import Analysis, evaluate
+from mailwarden.inspect import Finding, FindingKind, MessageModel
 from mailwarden.profiles import Profile
 from mailwarden.rules import (
     accounts,
