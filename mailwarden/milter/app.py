@@ -240,7 +240,8 @@ class WardenMilter(Milter.Base):  # type: ignore[misc]
         self.header_changes = (a.remove_headers, a.add_headers)
         if a.auth_skipped:
             log.info("%s", logs.event_line(
-                self.queue_id, "authentication skipped: message over auth.max_message_bytes",
+                self.queue_id, "DKIM not signed or verified: message over auth.max_message_"
+                "bytes (SPF, the spoof check and Authentication-Results still applied)",
                 size=a.auth_skipped))
         if a.auth_detail and self.rt.log_accepts:
             log.info("%s", logs.auth_line(self.queue_id, a.auth_detail))
