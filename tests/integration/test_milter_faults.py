@@ -13,6 +13,7 @@ environment; a header X-Test-Worker: nap|sleep|... in the message).
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import threading
@@ -173,3 +174,78 @@ def test_sigterm_under_load_answers_everyone_and_cleans_up(
     assert sum(1 for t in results if t.data and t.data[0] == 250) >= 1
     assert not sock.exists()
     assert "stopped; statistics:" in milter.log_text()
+
+
+def _raw(headers: str, body: bytes) -> bytes:
+    head = (f"From: {ALICE}\r\nTo: x@gmail.com\r\nSubject: bom\r\n"
+            "Date: Mon, 23 Nov 2026 08:00:00 +0700\r\nMessage-ID: <bomb@ninhbinh.gov.vn>\r\n"
+            "MIME-Version: 1.0\r\n" + headers)
+    return head.encode() + b"\r\n" + body
+
+
+def test_header_bomb_is_answered_within_the_budget_and_the_next_message_passes(
+        postfix_dir: Path, clamd: ClamdInstance, sink: Sink,
+        postfix_factory: Callable[..., PostfixInstance],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8: thousands of header fields and a Content-Type whose boundary comes after
+    2,000 junk parameters (a cap that used to fail open: the message became one text part)
+    get an answer from the milter itself, inside its budget, not Postfix's milter timeout;
+    the executable behind the hidden boundary is never let through."""
+    milter, pf, _ = stack(postfix_dir, clamd.address, postfix_factory, monkeypatch,
+                          **{"milter.worker_timeout": 20.0})
+    try:
+        fields = "".join(f"X-Pad-{i}: {'a' * 60}\r\n" for i in range(3000))
+        params = "".join(f';\r\n p{i}="x"' for i in range(2000))
+        body = (b"--B\r\nContent-Type: text/plain\r\n\r\nxin chao\r\n--B\r\n"
+                b"Content-Type: application/octet-stream; name=\"setup.exe\"\r\n"
+                b"Content-Transfer-Encoding: base64\r\n\r\n"
+                + base64.encodebytes(b"MZ" + b"\0" * 62 + b"PE\0\0" + b"\0" * 64)
+                .replace(b"\n", b"\r\n") + b"--B--\r\n")
+        raw = _raw(fields + f"Content-Type: multipart/mixed{params};\r\n boundary=B\r\n",
+                   body)
+        started = time.monotonic()
+        t = send(pf.smtpd_port, ALICE, ["x@gmail.com"], raw, login=ALICE)
+        took = time.monotonic() - started
+        assert t.data is not None and t.data[0] in (550, 451), t.data
+        assert took < 20.0 + 10.0, took  # the worker's deadline, plus generous slack
+        assert "rule=attachment." in milter.log_text()
+        ok = send(pf.smtpd_port, ALICE, ["x@gmail.com"], message(), login=ALICE)
+        assert ok.data is not None and ok.data[0] == 250, ok.data
+    finally:
+        milter.stop()
+
+
+@pytest.mark.parametrize("form", ["cte-trailing-token", "two-cte-headers", "uuencoded-in-text"])
+def test_virus_in_a_malformed_part_is_refused(
+        postfix_dir: Path, clamd: ClamdInstance, sink: Sink,
+        postfix_factory: Callable[..., PostfixInstance],
+        monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    """Issue 8, class 5: whatever our walk makes of a broken part, clamd reads the raw
+    message too, so a virus in it is refused (these were accepted before)."""
+    import binascii
+
+    from harness.clamd import eicar_bytes
+
+    milter, pf, _ = stack(postfix_dir, clamd.address, postfix_factory, monkeypatch)
+    try:
+        virus = eicar_bytes()
+        b64 = base64.encodebytes(virus).replace(b"\n", b"\r\n")
+        if form == "cte-trailing-token":
+            part = (b"Content-Type: application/octet-stream; name=\"a.bin\"\r\n"
+                    b"Content-Transfer-Encoding: base64 (binary)\r\n\r\n" + b64)
+        elif form == "two-cte-headers":
+            part = (b"Content-Type: application/octet-stream; name=\"a.bin\"\r\n"
+                    b"Content-Transfer-Encoding: 7bit\r\n"
+                    b"Content-Transfer-Encoding: base64\r\n\r\n" + b64)
+        else:
+            uu = binascii.b2a_uu(virus[:45]) + binascii.b2a_uu(virus[45:])
+            part = (b"Content-Type: text/plain\r\n\r\nXem tep dinh kem:\r\n\r\nbegin 644 a.com\r\n"
+                    + uu.replace(b"\n", b"\r\n") + b"`\r\nend\r\n")
+        body = (b"--B\r\nContent-Type: text/plain\r\n\r\nxin chao\r\n--B\r\n" + part
+                + b"\r\n--B--\r\n")
+        t = send(pf.smtpd_port, ALICE, ["x@gmail.com"],
+                 _raw('Content-Type: multipart/mixed; boundary="B"\r\n', body), login=ALICE)
+        assert t.data is not None and t.data[0] == 550, t.data
+        assert sink.messages() == []
+    finally:
+        milter.stop()
