@@ -145,7 +145,7 @@ class Authenticator:
         if ours:
             if big:
                 out.note = f"message of {size} bytes over auth.max_message_bytes"
-            else:
+            elif self.keys.keys:  # no DKIM keys: nothing to sign, the body is not read
                 self._sign(_read(message), headers, out)
         elif self.settings.verify:
             skipped = f"message of {size} bytes not verified" if big else ""
@@ -184,9 +184,9 @@ class Authenticator:
         return sender
 
     def _sign(self, raw: bytes, headers: Sequence[tuple[str, str]], out: AuthOutcome) -> None:
-        domains = from_domains(headers)
         if not self.keys.keys:
             return
+        domains = from_domains(headers)
         if len(set(domains)) != 1:
             out.note = "no single From: domain" if domains else "no From: address"
             return
