@@ -452,6 +452,14 @@ def cmd_inactive(args: argparse.Namespace, cfg: Config) -> int:
 
 
 # -- argument parsing ------------------------------------------------------------
+def _daemon_parser(sub: Any, name: str, help_text: str) -> None:
+    """A daemon's subcommand: foreground by default, --daemon for hosts without systemd."""
+    d = sub.add_parser(name, help=help_text)
+    d.add_argument("--daemon", action="store_true", help="detach (hosts without systemd)")
+    d.add_argument("--pidfile", help=f"with --daemon (default /run/mailwarden/{name}.pid)")
+    d.add_argument("--log-file", help="with --daemon, when not logging to syslog")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailwarden", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"mailwarden {__version__}")
@@ -459,21 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"config file (default: $MAILWARDEN_CONFIG or {DEFAULT_CONFIG_PATH})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("policyd", help="run the policy daemon in the foreground")
-    d.add_argument("--daemon", action="store_true", help="detach (hosts without systemd)")
-    d.add_argument("--pidfile", help="with --daemon (default /run/mailwarden/policyd.pid)")
-    d.add_argument("--log-file", help="with --daemon, when not logging to syslog")
+    _daemon_parser(sub, "policyd", "run the policy daemon in the foreground")
 
-    m = sub.add_parser("milter", help="run the milter in the foreground")
-    m.add_argument("--daemon", action="store_true", help="detach (hosts without systemd)")
-    m.add_argument("--pidfile", help="with --daemon (default /run/mailwarden/milter.pid)")
-    m.add_argument("--log-file", help="with --daemon, when not logging to syslog")
+    _daemon_parser(sub, "milter", "run the milter in the foreground")
 
-    ap = sub.add_parser("authpolicy", help="run Dovecot's auth policy server in the "
-                        "foreground (locked = no login; failed-login lock)")
-    ap.add_argument("--daemon", action="store_true", help="detach (hosts without systemd)")
-    ap.add_argument("--pidfile", help="with --daemon (default /run/mailwarden/authpolicy.pid)")
-    ap.add_argument("--log-file", help="with --daemon, when not logging to syslog")
+    _daemon_parser(sub, "authpolicy", "run Dovecot's auth policy server in the foreground "
+                   "(locked = no login; failed-login lock)")
 
     ia = sub.add_parser("inactive", help="accounts unused past the profile's period, with "
                         "their last login and send")
@@ -489,11 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "when accounts.inactive_auto_lock = true")
     ia.add_argument("--by", default=_operator(), help="who locks (default: the login name)")
 
-    n = sub.add_parser("notifier", help="run the lock notifier in the foreground (mails lock "
-                       "and unlock events of the audit stream)")
-    n.add_argument("--daemon", action="store_true", help="detach (hosts without systemd)")
-    n.add_argument("--pidfile", help="with --daemon (default /run/mailwarden/notifier.pid)")
-    n.add_argument("--log-file", help="with --daemon, when not logging to syslog")
+    _daemon_parser(sub, "notifier", "run the lock notifier in the foreground (mails lock "
+                   "and unlock events of the audit stream)")
 
     r = sub.add_parser("report", help="refusals, tempfails, locks and unlocks of a period "
                        "(from the mail log and the audit stream)")

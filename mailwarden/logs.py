@@ -65,6 +65,12 @@ def escape(value: str, limit: int = MAX_VALUE) -> str:
     return "".join(out)
 
 
+def describe_error(e: BaseException) -> str:
+    """"Type: text" of an exception (just the type when it has no text), for a log value;
+    escaped and capped like any other value when it reaches a line."""
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
 def quote(value: str, limit: int = MAX_VALUE) -> str:
     return f'"{escape(value, limit)}"'
 

@@ -38,6 +38,7 @@ from typing import BinaryIO, TypeAlias, cast
 
 from mailwarden import metrics
 from mailwarden.addresses import UNIX_PATH_MAX, ListenAddress, parse_listen
+from mailwarden.clients import sockets
 
 __all__ = ["UNIX_PATH_MAX", "ClamdAddress", "ScanOutcome", "ScanStatus", "parse_address",
            "parse_reply", "ping", "scan_many", "scan_stream", "version"]
@@ -231,16 +232,7 @@ def _remaining(deadline: float, timeout_s: float, phase: str) -> float:
 def _connect(addr: ClamdAddress, deadline: float, timeout_s: float) -> socket.socket:
     left = _remaining(deadline, timeout_s, "connect")
     try:
-        if addr.family == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(left)
-                sock.connect(addr.path)
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        return socket.create_connection((addr.host, addr.port), timeout=left)
+        return sockets.connect(addr, left)
     except TimeoutError:
         raise _Timeout(f"timeout after {timeout_s:g}s (connect)") from None
     except OSError as exc:

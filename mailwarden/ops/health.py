@@ -22,7 +22,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailwarden.addresses import ListenAddress, parse_listen
+from mailwarden import logs
+from mailwarden.addresses import parse_listen
+from mailwarden.clients import sockets
 from mailwarden.settings import Settings
 
 OK, WARNING, CRITICAL = 0, 1, 2
@@ -38,23 +40,6 @@ class Result:
     perf: str = ""  # Nagios perfdata, "label=value;warn;crit"
 
 
-def _connect(where: ListenAddress, timeout_s: float) -> socket.socket:
-    if where.family == "unix":
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout_s)
-        try:
-            s.connect(where.path)
-        except OSError:
-            s.close()
-            raise
-        return s
-    return socket.create_connection((where.host, where.port), timeout=timeout_s)
-
-
-def _why(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-
-
 def check_redis(s: Settings) -> Result:
     from mailwarden.store.events import AuditQueue
 
@@ -66,7 +51,7 @@ def check_redis(s: Settings) -> Result:
         finally:
             q.close()
     except Exception as e:
-        return Result("redis", CRITICAL, f"redis {_why(e)}")
+        return Result("redis", CRITICAL, f"redis {logs.describe_error(e)}")
     ms = (time.monotonic() - start) * 1000
     if not ok:
         return Result("redis", CRITICAL, "redis did not keep a write")
@@ -84,7 +69,7 @@ def check_clamd(s: Settings) -> Result:
         if not clamd.ping(c.clamd_address, timeout_s=t):
             return Result("clamd", CRITICAL, f"clamd {c.clamd_address} does not answer PING")
     except Exception as e:
-        return Result("clamd", CRITICAL, f"clamd {c.clamd_address}: {_why(e)}")
+        return Result("clamd", CRITICAL, f"clamd {c.clamd_address}: {logs.describe_error(e)}")
     outcome = clamd.scan_stream(_eicar(), address=c.clamd_address, timeout_s=t)
     if not outcome.infected:
         return Result("clamd", CRITICAL, f"clamd {c.clamd_address} did not detect the EICAR "
@@ -124,7 +109,7 @@ def check_policyd(s: Settings) -> Result:
     request = b"request=smtpd_access_policy\nprotocol_state=CONNECT\nprotocol_name=SMTP\n\n"
     start = time.monotonic()
     try:
-        with _connect(where, s.ops.timeout_s) as sock:
+        with sockets.connect(where, s.ops.timeout_s) as sock:
             sock.sendall(request)
             reply = b""
             while not reply.endswith(b"\n\n"):
@@ -133,7 +118,7 @@ def check_policyd(s: Settings) -> Result:
                     break
                 reply += chunk
     except OSError as e:
-        return Result("policyd", CRITICAL, f"policyd {s.policyd.listen}: {_why(e)}")
+        return Result("policyd", CRITICAL, f"policyd {s.policyd.listen}: {logs.describe_error(e)}")
     if not reply.startswith(b"action="):
         return Result("policyd", CRITICAL, f"policyd {s.policyd.listen}: unexpected answer "
                       f"{reply[:60]!r}")
@@ -147,14 +132,14 @@ def check_milter(s: Settings) -> Result:
     body = b"O" + struct.pack("!III", 6, 0x1FF, 0)
     start = time.monotonic()
     try:
-        with _connect(where, s.ops.timeout_s) as sock:
+        with sockets.connect(where, s.ops.timeout_s) as sock:
             sock.sendall(struct.pack("!I", len(body)) + body)
             head = _recv_exact(sock, 5)
             size, cmd = struct.unpack("!I", head[:4])[0], head[4:5]
             _recv_exact(sock, max(0, min(size - 1, 4096)))
             sock.sendall(struct.pack("!I", 1) + b"Q")  # SMFIC_QUIT
     except (OSError, EOFError) as e:
-        return Result("milter", CRITICAL, f"milter {s.milter.listen}: {_why(e)}")
+        return Result("milter", CRITICAL, f"milter {s.milter.listen}: {logs.describe_error(e)}")
     if cmd != b"O":
         return Result("milter", CRITICAL, f"milter {s.milter.listen}: answered {cmd!r} to "
                       "the option negotiation")
@@ -183,7 +168,8 @@ def check_notifier(s: Settings) -> Result:
         finally:
             q.close()
     except Exception as e:
-        return Result("notifier", CRITICAL, f"notifier backlog unknown: redis {_why(e)}")
+        return Result("notifier", CRITICAL,
+                      f"notifier backlog unknown: redis {logs.describe_error(e)}")
     perf = f"notify_backlog={b.total};{o.backlog_warning};{o.backlog_critical}"
     if not b.group:
         return Result("notifier", WARNING, "no notifier has joined the audit stream "

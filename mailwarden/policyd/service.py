@@ -169,7 +169,7 @@ class PolicyService:
 
     def backend_failure(self, attrs: Mapping[str, str], stage: str, e: BaseException) -> str:
         self.stats.redis_errors += 1
-        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        why = logs.describe_error(e)
         v = ratelock.backend_error(why, defer=self.on_error_defer and stage == "RCPT")
         if v.action is Action.DEFER:
             return self._refuse(attrs, stage, v)
